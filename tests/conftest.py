@@ -1,0 +1,57 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _project_files():
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line and (ROOT / line).is_file()]
+
+
+@pytest.fixture
+def project_copy(tmp_path):
+    """A throw-away copy of the working tree (a git repo with DVC), and a runner for commands in it.
+
+    `run(*args)` runs with the venv's bin first on PATH so `dvc` stages find this Python.
+    `set_params(section, **values)` overrides params.yaml keys (nested via dicts).
+    """
+    dest = tmp_path / "project"
+    for rel in _project_files():
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, dest / rel)
+    for built in ROOT.glob("runtime/ops/*.so"):  # the C extension built by `pip install -e .`
+        shutil.copy2(built, dest / built.relative_to(ROOT))
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               PYTHONPATH=str(dest), DVC_NO_ANALYTICS="1")
+
+    def run(*args, check=True, timeout=900):
+        result = subprocess.run(list(args), cwd=dest, env=env, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        return result
+
+    def set_params(section, **values):
+        path = dest / "params.yaml"
+        data = yaml.safe_load(path.read_text())
+
+        def merge(target, updates):
+            for key, value in updates.items():
+                if isinstance(value, dict):
+                    merge(target.setdefault(key, {}), value)
+                else:
+                    target[key] = value
+        merge(data.setdefault(section, {}), values)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    run.root = dest
+    run.set_params = set_params
+    return run

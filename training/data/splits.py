@@ -1,0 +1,47 @@
+"""Labeled / unlabeled partitions of the train set (1/n labeled), optionally stratified."""
+from __future__ import annotations
+
+import numpy as np
+
+from training.data.cityscapes import IGNORE
+
+
+def class_histogram(label: np.ndarray, num_classes: int) -> np.ndarray:
+    """Pixel count per class, ignore excluded."""
+    valid = label[label != IGNORE]
+    return np.bincount(valid.ravel(), minlength=num_classes)[:num_classes]
+
+
+def make_split(histograms: np.ndarray, ratio: int, seed: int, stratify: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (labeled, unlabeled) with floor(N/ratio) labeled images.
+
+    Stratified: the rarest classes (by number of images showing them) first get one image each
+    that shows them, while the budget lasts, so the labeled part sees the long tail; the rest
+    is drawn at random. Both lists come back sorted, so the files are stable for one seed.
+    """
+    n = len(histograms)
+    n_labeled = n // ratio
+    if n_labeled == 0:
+        raise ValueError(f"1/{ratio} of {n} train images is no image at all; lower split.labeled_ratio")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    chosen: list[int] = []
+    if stratify:
+        present = histograms > 0
+        images_per_class = present.sum(axis=0)
+        for cls in np.argsort(images_per_class, kind="stable"):
+            if len(chosen) == n_labeled or images_per_class[cls] == 0:
+                continue
+            if any(present[i, cls] for i in chosen):
+                continue
+            chosen.append(int(next(i for i in order if present[i, cls])))
+    taken = set(chosen)
+    chosen += [int(i) for i in order if i not in taken][: n_labeled - len(chosen)]
+    labeled = np.sort(np.array(chosen, dtype=np.int64))
+    unlabeled = np.setdiff1d(np.arange(n), labeled)
+    return labeled, unlabeled
+
+
+def pixel_frequency(histograms: np.ndarray) -> np.ndarray:
+    total = histograms.sum()
+    return histograms.sum(axis=0) / total if total else np.zeros(histograms.shape[1])

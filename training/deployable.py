@@ -1,0 +1,74 @@
+"""The trained network handed to export: weights plus what a deployment needs to know.
+
+Kept apart from the training checkpoints (which hold optimisers, teachers, memory bank...)
+so export depends on one small, versioned format.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from training.models import build_model
+
+FORMAT = "stpg-drive/deployable/1"
+
+
+class DeployableError(ValueError):
+    """The file is not a deployable model of this project version."""
+
+
+def save_deployable(path: str | Path, model: torch.nn.Module, *, classes, palette, mean, std,
+                    dataset: str, method: str, iteration: int) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "model_config": dict(model.config),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "classes": list(classes),
+        "palette": [list(map(int, c)) for c in palette],
+        "mean": list(map(float, mean)),
+        "std": list(map(float, std)),
+        "dataset": dataset,
+        "method": method,
+        "iteration": int(iteration),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_deployable(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The network in eval mode and the metadata dict (with `sha256` of the file added)."""
+    path = Path(path)
+    if not path.exists():
+        raise DeployableError(f"model checkpoint not found: {path}; run `dvc repro train` first or set export.checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user
+        raise DeployableError(f"{path} is not a readable torch checkpoint ({exc.__class__.__name__}); re-run training") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise DeployableError(f"{path} is not a deployable model ({FORMAT}); export takes models/gen_student.pt from `dvc repro train`")
+    model = build_model(**payload["model_config"])
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    info = {k: v for k, v in payload.items() if k != "state_dict"}
+    info["sha256"] = file_sha256(path)
+    return model, info

@@ -1,0 +1,262 @@
+"""Typed view of params.yaml: every stage reads its section through `load()`.
+
+The dataclasses are the schema. An unknown key or a value of the wrong type fails at load
+with one line naming the key, so a typo in `dvc exp run -S ...` never trains silently.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem the user must fix; the message names the key."""
+
+
+@dataclasses.dataclass
+class SyntheticParams:
+    num_train: int = 400
+    num_val: int = 100
+    height: int = 256
+    width: int = 512
+    seed: int = 0
+    video_frames: int = 240
+    video_fps: int = 15
+
+
+@dataclasses.dataclass
+class DataParams:
+    dataset: str = "synthetic"  # synthetic | cityscapes | voc
+    root: str | None = None  # the real dataset's root; the synthetic set is generated under data/prepared
+    synthetic: SyntheticParams = dataclasses.field(default_factory=SyntheticParams)
+
+    def check(self, path: str) -> None:
+        _choice(path + ".dataset", self.dataset, ("synthetic", "cityscapes", "voc"))
+
+
+@dataclasses.dataclass
+class SplitParams:
+    labeled_ratio: int = 8  # n means 1/n of the train set is labeled
+    seed: int = 0
+    stratify: bool = True
+    # A CPS/STPG-style list file (e.g. train_aug_labeled_1-8.txt) to use as the labeled part.
+    given_labeled: str | None = None
+    given_unlabeled: str | None = None
+    out_dir: str = "data/splits"
+
+    def check(self, path: str) -> None:
+        if self.labeled_ratio < 1:
+            raise ParamsError(f"{path}.labeled_ratio must be >= 1 (n means 1/n labeled), got {self.labeled_ratio}")
+
+
+@dataclasses.dataclass
+class ModelParams:
+    backbone: str = "resnet18"  # resnet18|resnet50|resnet101|resnet50_v1c|resnet101_v1c|mobilenet_v3_large
+    output_stride: int = 16
+    pretrained: str | None = None  # local weights file; never downloaded
+    proj_dim: int = 256
+
+    def check(self, path: str) -> None:
+        _choice(path + ".output_stride", self.output_stride, (8, 16))
+
+
+@dataclasses.dataclass
+class StpgParams:
+    """Schedules in epochs (0-based, 'from epoch e on'), as specs/stpg.md §3-5."""
+    memory_start_epoch: int = 6
+    contrast_start_epoch: int = 11
+    proximity_start_epoch: int = 11
+    hungarian_end_epoch: int | None = None  # None: every iteration (Cityscapes); 19 for VOC
+    memory_size: int = 256
+    memory_conf_thresh: float = 0.95
+    memory_source: str = "pro_teacher"  # pro_teacher (code) | gen_teacher (paper)
+    train_projection: bool = False  # False: frozen random heads (code); True: paper variant
+    prototype_momentum: float = 0.9  # code 0.9, paper 0.99
+    contrast_weight: float = 0.1
+    anchor_temperature: float = 0.5
+
+    def check(self, path: str) -> None:
+        _choice(path + ".memory_source", self.memory_source, ("pro_teacher", "gen_teacher"))
+
+
+@dataclasses.dataclass
+class TrainParams:
+    method: str = "stpg"  # supervised | mean_teacher | stpg
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 where supported) | fp32 | bf16 | fp16
+    iters: int = 1000
+    batch_size: int = 4
+    crop: list[int] = dataclasses.field(default_factory=lambda: [256, 256])
+    scales: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.75, 1.0, 1.5, 1.75, 2.0])
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    sup_loss: str = "ce"  # ce | ohem
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 50000  # per image in the batch
+    ema_decay: float = 0.99
+    unsup_weight: float = 1.0
+    checkpoint_every: int = 100
+    eval_every: int = 250
+    log_every: int = 10
+    seed: int = 12345
+    workers: int = 2
+    out: str = "models/gen_student.pt"
+    checkpoint_dir: str = "checkpoints/train"
+    stpg: StpgParams = dataclasses.field(default_factory=StpgParams)
+
+    def check(self, path: str) -> None:
+        _choice(path + ".method", self.method, ("supervised", "mean_teacher", "stpg"))
+        _choice(path + ".device", self.device, ("auto", "cpu", "cuda"))
+        _choice(path + ".precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _choice(path + ".sup_loss", self.sup_loss, ("ce", "ohem"))
+        if len(self.crop) != 2:
+            raise ParamsError(f"params: {path}.crop must be [height, width], got {self.crop}")
+
+
+@dataclasses.dataclass
+class EvaluateParams:
+    mode: str = "sliding"  # sliding | whole
+    crop: list[int] = dataclasses.field(default_factory=lambda: [256, 512])
+    batch_size: int = 1
+
+    def check(self, path: str) -> None:
+        _choice(path + ".mode", self.mode, ("sliding", "whole"))
+
+
+@dataclasses.dataclass
+class ExportTolerance:
+    fp32_miou_delta: float = 0.1  # mIoU points
+    fp16_miou_delta: float = 0.5
+    int8_miou_delta: float = 1.5
+    fp32_label_agreement: float = 0.999
+    fp16_label_agreement: float = 0.99
+    int8_label_agreement: float = 0.95
+
+
+@dataclasses.dataclass
+class ExportParams:
+    checkpoint: str = "models/gen_student.pt"
+    out_dir: str = "models/export"
+    opset: int = 17
+    input_size: list[int] = dataclasses.field(default_factory=lambda: [256, 512])
+    input: str = "nchw_float"  # nchw_float | nhwc_uint8
+    output: str = "lowres_logits"  # logits | lowres_logits | labels
+    dynamic_batch: bool = False
+    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "fp16", "int8"])
+    calibration_images: int = 32
+    verify_images: int = 16
+    tensorrt: str = "auto"  # auto (skip when absent) | required | off
+    tensorrt_workspace_mb: int = 2048
+    tolerance: ExportTolerance = dataclasses.field(default_factory=ExportTolerance)
+
+    def check(self, path: str) -> None:
+        _choice(path + ".input", self.input, ("nchw_float", "nhwc_uint8"))
+        _choice(path + ".output", self.output, ("logits", "lowres_logits", "labels"))
+        _choice(path + ".tensorrt", self.tensorrt, ("auto", "required", "off"))
+        for p in self.precisions:
+            _choice(path + ".precisions[]", p, ("fp32", "fp16", "int8"))
+        if self.opset < 17:
+            raise ParamsError(f"params: {path}.opset must be >= 17, got {self.opset}")
+
+
+@dataclasses.dataclass
+class SegmentDemoParams:
+    backend: str = "onnxruntime"
+    alpha: float = 0.5
+
+
+@dataclasses.dataclass
+class BenchmarkParams:
+    warmup: int = 5
+    iters: int = 30
+    frames: int = 120
+    threads: int = 2
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataParams,
+    "split": SplitParams,
+    "model": ModelParams,
+    "train": TrainParams,
+    "evaluate": EvaluateParams,
+    "export": ExportParams,
+    "segment_demo": SegmentDemoParams,
+    "benchmark": BenchmarkParams,
+}
+
+
+def _choice(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ParamsError(f"params: {key} must be one of {', '.join(map(str, allowed))}; got {value!r}")
+
+
+def _convert(tp, value, key: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, key)
+            except ParamsError as exc:
+                errors.append(str(exc))
+        raise ParamsError(errors[0] if errors else f"params: {key} must not be null")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ParamsError(f"params: {key} must be a mapping, got {type(value).__name__}")
+        return build(tp, value, key)
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"params: {key} must be a list, got {value!r}")
+        return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool):
+        if type(value) is not tp:
+            raise ParamsError(f"params: {key} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
+        return value
+    raise TypeError(f"unsupported params type {tp} for {key}")
+
+
+def build(cls, raw: dict, path: str):
+    """Build dataclass `cls` from `raw`, refusing unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(raw) - set(hints))
+    if unknown:
+        raise ParamsError(
+            f"params: unknown key {path}.{unknown[0]} (known: {', '.join(sorted(hints))})")
+    values = {k: _convert(hints[k], v, f"{path}.{k}") for k, v in raw.items()}
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check(path)
+    return obj
+
+
+def load(section: str, path: str | Path = "params.yaml"):
+    """The typed params of one section; missing keys take the schema defaults."""
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"params: {path} not found; run from the project root or pass --params")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"params: {path} is not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ParamsError(f"params: unknown section {unknown[0]!r} (known: {', '.join(sorted(_SECTIONS))})")
+    if section not in _SECTIONS:
+        raise KeyError(section)
+    # Validate every section, so a typo anywhere fails the first stage that runs.
+    sections = {name: build(cls, raw.get(name) or {}, name) for name, cls in _SECTIONS.items()}
+    return sections[section]

@@ -1,0 +1,80 @@
+"""DVC stage `split`: labeled / unlabeled list files and the class statistics of the split."""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from training import cli, params
+from training.data import datasets, splits
+
+
+def _write_list(path: Path, pairs) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.writelines(f"{image} {label}\n" for image, label in pairs)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--manifest", default="data/prepared/manifest.json")
+    parser.add_argument("--metrics", default="metrics/split.json")
+    args = parser.parse_args(argv)
+    cfg = params.load("split", args.params)
+    data_cfg = params.load("data", args.params)
+    manifest = datasets.read_manifest(args.manifest)
+    info = datasets.dataset_info(manifest["dataset"])
+    pool = [tuple(pair) for pair in manifest["train"]]
+
+    if cfg.given_labeled:
+        root = data_cfg.root or manifest["root"]
+        labeled = [tuple(map(datasets.portable, p)) for p in
+                   datasets.read_list_file(cfg.given_labeled, root, manifest["dataset"])]
+        if cfg.given_unlabeled:
+            unlabeled = [tuple(map(datasets.portable, p)) for p in
+                         datasets.read_list_file(cfg.given_unlabeled, root, manifest["dataset"])]
+        else:
+            taken = set(labeled)
+            unlabeled = [p for p in pool if p not in taken]
+        index = {p: i for i, p in enumerate(pool)}
+        lab_idx = np.array([index[p] for p in labeled if p in index], dtype=np.int64)
+    else:
+        lab_idx = None
+
+    histograms = np.stack([splits.class_histogram(datasets.read_label(label), info.num_classes)
+                           for _, label in pool])
+    if lab_idx is None:
+        lab_idx, unl_idx = splits.make_split(histograms, cfg.labeled_ratio, cfg.seed, cfg.stratify)
+        labeled = [pool[i] for i in lab_idx]
+        unlabeled = [pool[i] for i in unl_idx]
+
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_list(out / "labeled.txt", labeled)
+    _write_list(out / "unlabeled.txt", unlabeled)
+
+    freq_all = splits.pixel_frequency(histograms)
+    freq_lab = splits.pixel_frequency(histograms[lab_idx]) if len(lab_idx) else np.zeros_like(freq_all)
+    images_lab = (histograms[lab_idx] > 0).sum(axis=0) if len(lab_idx) else np.zeros(info.num_classes, int)
+    datasets.write_json_atomic(args.metrics, {
+        "dataset": manifest["dataset"],
+        "labeled_ratio": cfg.labeled_ratio,
+        "num_pool": len(pool),
+        "num_labeled": len(labeled),
+        "num_unlabeled": len(unlabeled),
+        "classes_missing_from_labeled": [info.classes[c] for c in range(info.num_classes)
+                                         if images_lab[c] == 0 and freq_all[c] > 0],
+        "pixel_frequency": {
+            name: {"labeled": round(float(freq_lab[c]), 6), "all": round(float(freq_all[c]), 6)}
+            for c, name in enumerate(info.classes)},
+    })
+    print(f"split 1/{cfg.labeled_ratio}: {len(labeled)} labeled, {len(unlabeled)} unlabeled -> {out}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
