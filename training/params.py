@@ -53,6 +53,10 @@ class SplitParams:
             raise ParamsError(f"{path}.labeled_ratio must be >= 1 (n means 1/n labeled), got {self.labeled_ratio}")
 
 
+# Mirrors training.models.BACKBONES (a test keeps them equal) so loading params needs no torch.
+BACKBONE_NAMES = ("resnet18", "resnet50", "resnet101", "resnet50_v1c", "resnet101_v1c", "mobilenet_v3_large")
+
+
 @dataclasses.dataclass
 class ModelParams:
     backbone: str = "resnet18"  # resnet18|resnet50|resnet101|resnet50_v1c|resnet101_v1c|mobilenet_v3_large
@@ -61,6 +65,7 @@ class ModelParams:
     proj_dim: int = 256
 
     def check(self, path: str) -> None:
+        _choice(path + ".backbone", self.backbone, BACKBONE_NAMES)
         _choice(path + ".output_stride", self.output_stride, (8, 16))
 
 
@@ -150,15 +155,26 @@ class ExportParams:
     dynamic_batch: bool = False
     precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "fp16", "int8"])
     calibration_images: int = 32
+    # Nodes the int8 graph keeps in fp32: node names, or first_conv / last_conv (the classifier).
+    int8_keep_fp32: list[str] = dataclasses.field(default_factory=list)
     verify_images: int = 16
     tensorrt: str = "auto"  # auto (skip when absent) | required | off
+    # precision_onnx: strongly typed builds from the fp16 / int8 ONNX (TensorRT 10 and 11);
+    # builder_flags: FP16/INT8 flags + entropy calibrator over the fp32 ONNX (TensorRT 10 only).
+    tensorrt_source: str = "precision_onnx"
     tensorrt_workspace_mb: int = 2048
+    tensorrt_timing_cache: str = "models/tensorrt_timing.cache"
     tolerance: ExportTolerance = dataclasses.field(default_factory=ExportTolerance)
 
     def check(self, path: str) -> None:
         _choice(path + ".input", self.input, ("nchw_float", "nhwc_uint8"))
         _choice(path + ".output", self.output, ("logits", "lowres_logits", "labels"))
         _choice(path + ".tensorrt", self.tensorrt, ("auto", "required", "off"))
+        _choice(path + ".tensorrt_source", self.tensorrt_source, ("precision_onnx", "builder_flags"))
+        if len(self.input_size) != 2:
+            raise ParamsError(f"params: {path}.input_size must be [height, width], got {self.input_size}")
+        if self.calibration_images < 1 or self.verify_images < 1:
+            raise ParamsError(f"params: {path}.calibration_images and {path}.verify_images must be >= 1")
         for p in self.precisions:
             _choice(path + ".precisions[]", p, ("fp32", "fp16", "int8"))
         if self.opset < 17:

@@ -43,3 +43,9 @@ def test_choice_and_int_to_float(tmp_path):
 def test_project_params_file_is_valid():
     for section in ("data", "split"):
         params.load(section)
+
+
+def test_backbone_names_match_the_model_factory():
+    from training.models import BACKBONES
+
+    assert set(params.BACKBONE_NAMES) == set(BACKBONES)
