@@ -101,7 +101,10 @@ def make_train_loaders(labeled, unlabeled, crop_hw, batch_size: int, scales, wor
     iterators = {}
     for offset, (name, dataset) in enumerate(datasets.items()):
         sampler = EpochSampler(length, batch_size, seed + 1000 * offset, start_iteration)
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+        # An own generator: creating the iterator must not draw from the global torch RNG,
+        # whose restored state a resumed run relies on.
+        generator = torch.Generator().manual_seed(seed + offset)
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, generator=generator,
                             persistent_workers=workers > 0, pin_memory=pin_memory,
                             prefetch_factor=4 if workers > 0 else None)
         iterators[name] = iter(loader)

@@ -1,0 +1,21 @@
+"""Training methods, each a plug-in over the shared parts (see base.Method)."""
+from __future__ import annotations
+
+from training.methods.base import Method, MethodContext
+
+
+def method_class(name: str) -> type[Method]:
+    # Imported on demand so a method's optional dependencies load only when it is used.
+    if name == "supervised":
+        from training.methods.supervised import Supervised
+        return Supervised
+    if name == "mean_teacher":
+        from training.methods.mean_teacher import MeanTeacher
+        return MeanTeacher
+    if name == "stpg":
+        from training.methods.stpg import STPG
+        return STPG
+    raise ValueError(f"unknown method {name!r}; use supervised, mean_teacher or stpg")
+
+
+__all__ = ["Method", "MethodContext", "method_class"]

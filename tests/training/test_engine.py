@@ -1,0 +1,106 @@
+import dataclasses
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tests.training.tiny_data import make_tiny_dataset
+from training import params
+from training.engine import CheckpointError, Trainer
+
+
+def tiny_cfg(tmp_path, method="stpg", **overrides):
+    # confidence threshold 0: on random data the memory bank would otherwise stay empty
+    stpg = params.StpgParams(memory_start_epoch=0, contrast_start_epoch=0, proximity_start_epoch=1,
+                             memory_conf_thresh=0.0)
+    values = dict(method=method, device="cpu", precision="fp32", iters=4, batch_size=2, crop=[32, 32],
+                  scales=[0.75, 1.0], workers=0, checkpoint_every=2, eval_every=1000, log_every=1,
+                  checkpoint_dir=str(tmp_path / "ckpt"), stpg=stpg)
+    values.update(overrides)
+    return params.TrainParams(**values)
+
+
+MODEL = params.ModelParams(backbone="resnet18", proj_dim=16)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    manifest = make_tiny_dataset(root)
+    pairs = [tuple(p) for p in manifest["train"]]
+    return manifest, pairs[:2], pairs[2:]
+
+
+def trainer(tmp_path, tiny, **overrides):
+    manifest, labeled, unlabeled = tiny
+    return Trainer(tiny_cfg(tmp_path, **overrides), MODEL, manifest, labeled, unlabeled, live_dir=None,
+                   progress=False)
+
+
+@pytest.mark.parametrize("method", ["supervised", "mean_teacher", "stpg"])
+def test_methods_train_and_losses_are_finite(tmp_path, tiny, method):
+    history = trainer(tmp_path, tiny, method=method, iters=2).fit()
+    assert all(torch.isfinite(torch.tensor(v)) for v in history.values())
+    expected = {"supervised": {"sup"}, "mean_teacher": {"sup", "unsup"},
+                "stpg": {"sup", "gen", "pro", "contrast", "selected"}}[method]
+    assert {k.split("/")[1] for k in history if k.startswith("train/")} >= expected | {"loss", "lr"}
+
+
+def test_resume_is_exact(tmp_path, tiny):
+    straight = trainer(tmp_path / "a", tiny)
+    straight.fit()
+    first = trainer(tmp_path / "b", tiny)
+    first.fit(stop_after=2)  # "killed" after the checkpoint at iteration 2
+    resumed = trainer(tmp_path / "b", tiny)
+    resumed.fit()
+    a, b = straight.method.state_dict(), resumed.method.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert int(b["memory.counts"].sum()) > 0  # the memory bank was filled and resumed too
+
+
+def test_checkpoint_of_another_method_is_refused(tmp_path, tiny):
+    trainer(tmp_path, tiny, method="supervised", iters=2).fit()
+    with pytest.raises(CheckpointError, match="method='supervised'"):
+        trainer(tmp_path, tiny, method="mean_teacher", iters=4).fit()
+
+
+def test_poly_lr_reaches_optimizer(tmp_path, tiny):
+    t = trainer(tmp_path, tiny, method="supervised", iters=2, lr=0.01)
+    t.fit(stop_after=1)
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(0.01)  # iteration 0: full rate
+    t.fit()
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 0.9)
+
+
+def test_ddp_two_processes_on_cpu(tmp_path, tiny):
+    manifest, labeled, unlabeled = tiny
+    script = tmp_path / "ddp_run.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, torch, torch.distributed as dist
+        from training import params
+        from training.engine import Trainer
+        cfg = params.TrainParams(method="stpg", device="cpu", precision="fp32", iters=2, batch_size=2,
+                                 crop=[32, 32], scales=[1.0], workers=0, checkpoint_every=100, log_every=1,
+                                 checkpoint_dir={str(tmp_path / 'ddp_ckpt')!r},
+                                 stpg=params.StpgParams(memory_start_epoch=0, contrast_start_epoch=0))
+        t = Trainer(cfg, params.ModelParams(backbone="resnet18", proj_dim=16), {manifest!r},
+                    {labeled!r}, {unlabeled!r}, live_dir=None, progress=False)
+        assert t.dist.world_size == 2 and isinstance(t.step_module, torch.nn.parallel.DistributedDataParallel)
+        # SyncBatchNorm is CUDA-only; on CPU (gloo) each rank keeps its own BN statistics
+        assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in t.method.modules())
+        t.fit()
+        w = t.method.gen_student.head.classifier.weight.detach().clone()
+        gathered = [torch.zeros_like(w) for _ in range(2)]
+        dist.all_gather(gathered, w)
+        assert torch.equal(gathered[0], gathered[1]), "students diverged across ranks"
+        print("rank", dist.get_rank(), "ok")
+    """))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+                             str(script)], capture_output=True, text=True, timeout=600,
+                            cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("ok") == 2

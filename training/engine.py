@@ -1,0 +1,269 @@
+"""The training loop every method shares: three loaders, SGD + poly LR, autocast, checkpoints
+with exact resume, torchrun DDP with SyncBN, tqdm progress and dvclive logging."""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from training.data import datasets
+from training.data.loaders import make_train_loaders
+from training.evaluate import evaluate_model
+from training.methods import MethodContext, method_class
+from training.models import build_model
+from training.schedules import poly_lr
+
+CHECKPOINT_FORMAT = "stpg-drive/train-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot resume this run; the message says why and what to do."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError("train.device is cuda but no CUDA device is visible; set train.device: auto or cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. auto = bf16 where the hardware has it."""
+    if name == "fp32":
+        return None
+    if name == "fp16":
+        return torch.float16
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; gloo on CPU, nccl on CUDA."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    info = Distributed(dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    if device.type == "cuda":
+        torch.cuda.set_device(info.local_rank)
+    return info
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(payload, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+class Trainer:
+    """Runs one method for `train_cfg.iters` iterations, resuming from `checkpoint_dir/last.pt`."""
+
+    def __init__(self, train_cfg, model_cfg, manifest: dict, labeled, unlabeled, val_pairs=None,
+                 live_dir: str | None = "dvclive/train", eval_crop=(256, 512), eval_mode: str = "sliding",
+                 progress: bool = True):
+        self.cfg, self.model_cfg = train_cfg, model_cfg
+        self.device = resolve_device(train_cfg.device)
+        self.dist = setup_distributed(self.device)
+        self.autocast_dtype = resolve_precision(train_cfg.precision, self.device)
+        self.info = datasets.dataset_info(manifest["dataset"])
+        self.labeled, self.unlabeled, self.val_pairs = labeled, unlabeled, val_pairs or []
+        self.live_dir, self.eval_crop, self.eval_mode, self.progress = live_dir, eval_crop, eval_mode, progress
+        self.checkpoint_path = Path(train_cfg.checkpoint_dir) / "last.pt"
+        cls = method_class(train_cfg.method)
+        if cls.needs_unlabeled and not unlabeled:
+            raise datasets.DatasetError(f"method {train_cfg.method} needs unlabeled images but the split has none; "
+                                        "raise split.labeled_ratio or use train.method: supervised")
+        seed_everything(train_cfg.seed)
+        per_rank_batch = train_cfg.batch_size
+        length = max(len(labeled), len(unlabeled)) if cls.needs_unlabeled else len(labeled)
+        self.iters_per_epoch = length // per_rank_batch
+        if self.iters_per_epoch == 0:
+            raise datasets.DatasetError(f"{length} training images cannot fill a batch of {per_rank_batch}; "
+                                        "lower train.batch_size")
+        context = MethodContext(self.info.num_classes, manifest["dataset"], per_rank_batch, len(labeled),
+                                self.iters_per_epoch)
+        self.method = cls(train_cfg, context, self._build_network)
+        if self.dist.enabled and self.device.type == "cuda":  # SyncBatchNorm exists for CUDA only;
+            self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)  # gloo keeps per-rank BN
+        self.method.to(self.device)
+        if self.device.type == "cuda" or self.autocast_dtype is not None:
+            self.method.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.SGD(self.method.param_groups(train_cfg.weight_decay), lr=train_cfg.lr,
+                                         momentum=train_cfg.momentum)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.step_module = self.method
+        if self.dist.enabled:
+            self.step_module = torch.nn.parallel.DistributedDataParallel(
+                self.method, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None,
+                broadcast_buffers=False, find_unused_parameters=True)
+
+    def _build_network(self):
+        return build_model(self.model_cfg.backbone, self.info.num_classes, self.model_cfg.output_stride,
+                           self.model_cfg.pretrained, self.model_cfg.proj_dim)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def save_checkpoint(self, iteration: int) -> None:
+        if not self.dist.is_main:
+            return
+        save_atomic({
+            "format": CHECKPOINT_FORMAT,
+            "method": self.cfg.method,
+            "num_classes": self.info.num_classes,
+            "backbone": self.model_cfg.backbone,
+            "iteration": iteration,
+            "method_state": self.method.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": _rng_state(),
+        }, self.checkpoint_path)
+
+    def load_checkpoint(self) -> int:
+        """The iteration to continue from (0 without a checkpoint)."""
+        if not self.checkpoint_path.exists():
+            return 0
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        fix = f"delete {self.checkpoint_path.parent} to start afresh"
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{self.checkpoint_path} is not a training checkpoint of this project; {fix}")
+        for key, mine in (("method", self.cfg.method), ("num_classes", self.info.num_classes),
+                          ("backbone", self.model_cfg.backbone)):
+            if state[key] != mine:
+                raise CheckpointError(f"{self.checkpoint_path} was written for {key}={state[key]!r}, "
+                                      f"this run has {mine!r}; {fix}")
+        self.method.load_state_dict(state["method_state"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        _set_rng_state(state["rng"])
+        return state["iteration"]
+
+    # -- the loop -------------------------------------------------------------------------
+    def _batch(self, iterators) -> dict:
+        def move(tensor):
+            tensor = tensor.to(self.device, non_blocking=True)
+            return tensor.contiguous(memory_format=torch.channels_last) if tensor.ndim == 4 else tensor
+
+        labeled = next(iterators["labeled"])
+        batch = {"image": move(labeled["image"]), "label": move(labeled["label"])}
+        if "unlabeled" in iterators:
+            unlabeled, mix = next(iterators["unlabeled"]), next(iterators["mix"])
+            batch.update(unlabeled=move(unlabeled["image"]), mask=move(unlabeled["mask"]), mix=move(mix["image"]))
+        return batch
+
+    def fit(self, stop_after: int | None = None) -> dict:
+        """Train to `cfg.iters` (or stop early after `stop_after` iterations, for tests)."""
+        cfg = self.cfg
+        start = self.load_checkpoint()
+        # The batches depend only on (seed, iteration) (loaders.EpochSampler), so a resumed run
+        # needs no loader state.
+        iterators, _ = make_train_loaders(
+            self.labeled, self.unlabeled, tuple(cfg.crop), cfg.batch_size, cfg.scales, cfg.workers,
+            cfg.seed + 7919 * self.dist.rank, start, self.method.needs_unlabeled, self.device.type == "cuda")
+        live = self._live(resume=start > 0)
+        end = cfg.iters if stop_after is None else min(cfg.iters, start + stop_after)
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else nullcontext())
+        self.method.train()
+        history: dict[str, float] = {}
+        bar = tqdm(range(start, end), initial=start, total=cfg.iters, desc=cfg.method,
+                   disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        for iteration in bar:
+            epoch = iteration // self.iters_per_epoch
+            lr = poly_lr(cfg.lr, iteration, cfg.iters, cfg.poly_power)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            batch = self._batch(iterators)
+            self.optimizer.zero_grad(set_to_none=True)
+            with autocast:
+                losses = self.step_module(batch, iteration, epoch)
+            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.method.update_teachers(iteration)
+
+            done = iteration + 1
+            validating = bool(self.val_pairs) and (done % cfg.eval_every == 0 or done == cfg.iters)
+            if done % cfg.log_every == 0 or done == end or validating:  # the only host syncs of the loop
+                history = {f"train/{name}": float(value.detach()) for name, value in losses.items()}
+                history["train/lr"] = lr
+                bar.set_postfix(loss=f"{history['train/loss']:.3f}", lr=f"{lr:.2e}")
+                if validating and self.dist.is_main:
+                    history["val/miou"] = self.validate()
+                    bar.write(f"iteration {done}: val mIoU {100 * history['val/miou']:.2f}")
+                if live is not None:
+                    for name, value in history.items():
+                        live.log_metric(name, value)
+                    live.step = done
+                    live.next_step()
+            if done % cfg.checkpoint_every == 0 or done == end:
+                self.save_checkpoint(done)
+        bar.close()
+        if live is not None:
+            live.end()
+        return history
+
+    def validate(self) -> float:
+        result = evaluate_model(self.method.evaluated_network(), self.val_pairs, self.info.num_classes,
+                                self.eval_mode, self.eval_crop, self.device, self.autocast_dtype)
+        return result["miou"]
+
+    def _live(self, resume: bool):
+        if self.live_dir is None or not self.dist.is_main:
+            return None
+        from dvclive import Live
+
+        return Live(self.live_dir, resume=resume, save_dvc_exp=False, dvcyaml=None)

@@ -1,0 +1,128 @@
+"""Evaluation (specs/stpg.md §6): sliding-window or whole-image inference, confusion matrix,
+per-class IoU and mIoU; the `evaluate` / `evaluate_baseline` DVC stages."""
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training import cli, params
+from training.data import datasets
+from training.data.loaders import EvalDataset
+from training.deployable import DeployableError, load_deployable
+from training.methods.selection import confusion_matrix
+
+
+def window_starts(length: int, crop: int, stride: int) -> list[int]:
+    """0, s, 2s, ... with the last window shifted to end at the border."""
+    if length <= crop:
+        return [0]
+    return list(range(0, length - crop, stride)) + [length - crop]
+
+
+def _centre_pad(image: torch.Tensor, height: int, width: int):
+    pad_h, pad_w = max(height - image.shape[-2], 0), max(width - image.shape[-1], 0)
+    top, left = pad_h // 2, pad_w // 2
+    return F.pad(image, (left, pad_w - left, top, pad_h - top)), top, left
+
+
+@torch.no_grad()
+def sliding_window_logits(model, image: torch.Tensor, crop, num_classes: int) -> torch.Tensor:
+    """Summed window logits (argmax-equivalent to averaging), windows of `crop`, stride ceil(2c/3)."""
+    ch, cw = crop
+    height, width = image.shape[-2:]
+    padded, top, left = _centre_pad(image, ch, cw)
+    ph, pw = padded.shape[-2:]
+    logits = padded.new_zeros((image.shape[0], num_classes, ph, pw), dtype=torch.float32)
+    for y in window_starts(ph, ch, math.ceil(ch * 2 / 3)):
+        for x in window_starts(pw, cw, math.ceil(cw * 2 / 3)):
+            logits[..., y:y + ch, x:x + cw] += model(padded[..., y:y + ch, x:x + cw]).float()
+    return logits[..., top:top + height, left:left + width]
+
+
+@torch.no_grad()
+def whole_image_logits(model, image: torch.Tensor, crop=None, num_classes=None) -> torch.Tensor:
+    return model(image).float()
+
+
+def iou_from_confusion(confusion: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Per-class IoU (NaN for classes absent from both GT and prediction), mIoU, pixel accuracy."""
+    confusion = confusion.astype(np.float64)
+    diagonal = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - diagonal
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, diagonal / union, np.nan)
+    total = confusion.sum()
+    miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    return iou, miou, float(diagonal.sum() / total) if total else float("nan")
+
+
+@torch.no_grad()
+def evaluate_model(model, pairs, num_classes: int, mode: str = "sliding", crop=(512, 1024),
+                   device: str | torch.device = "cpu", autocast_dtype=None, progress: bool = False) -> dict:
+    device = torch.device(device)
+    infer = sliding_window_logits if mode == "sliding" else whole_image_logits
+    was_training = model.training
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    loader = torch.utils.data.DataLoader(EvalDataset(pairs), batch_size=1, num_workers=0)
+    for item in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
+        image = item["image"].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits = infer(model, image, crop, num_classes)
+        confusion += confusion_matrix(item["label"].to(device), logits.argmax(1), num_classes)
+    model.train(was_training)
+    iou, miou, accuracy = iou_from_confusion(confusion.cpu().numpy())
+    return {"miou": miou, "pixel_acc": accuracy, "per_class_iou": iou, "confusion": confusion.cpu().numpy()}
+
+
+def _finite(value: float):
+    return None if not np.isfinite(value) else round(float(value), 6)
+
+
+def write_results(result: dict, classes, metrics_path, plot_path) -> None:
+    datasets.write_json_atomic(metrics_path, {
+        "miou": _finite(result["miou"]),
+        "pixel_acc": _finite(result["pixel_acc"]),
+        "per_class_iou": {name: _finite(v) for name, v in zip(classes, result["per_class_iou"])},
+    })
+    plot_path = Path(plot_path)
+    plot_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = plot_path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["class", "iou"])
+        for name, value in zip(classes, result["per_class_iou"]):
+            writer.writerow([name, 0.0 if not np.isfinite(value) else round(float(value), 6)])
+    tmp.replace(plot_path)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--checkpoint", default="models/gen_student.pt")
+    parser.add_argument("--manifest", default="data/prepared/manifest.json")
+    parser.add_argument("--metrics", default="metrics/eval.json")
+    parser.add_argument("--plot", default="plots/eval_per_class_iou.csv")
+    parser.add_argument("--device", default=None, help="cpu | cuda (default: train.device)")
+    args = parser.parse_args(argv)
+    cfg = params.load("evaluate", args.params)
+    from training.engine import resolve_device
+
+    device = resolve_device(args.device or params.load("train", args.params).device)
+    model, info = load_deployable(args.checkpoint)
+    model.to(device)
+    pairs = datasets.read_manifest(args.manifest)["val"]
+    result = evaluate_model(model, pairs, len(info["classes"]), cfg.mode, tuple(cfg.crop), device, progress=True)
+    write_results(result, info["classes"], args.metrics, args.plot)
+    print(f"{info['method']} ({args.checkpoint}): mIoU {100 * result['miou']:.2f} on {len(pairs)} val images")
+
+
+if __name__ == "__main__":
+    cli.run(main, DeployableError)

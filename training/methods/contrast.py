@@ -1,0 +1,250 @@
+"""Prototypes, Hungarian anchor matching, the class-wise memory bank and the dual
+anchor-contrastive loss (specs/stpg.md §4.5, §5.2-5.3).
+
+Per iteration of the memory phase the reference does, in this order:
+    features, labels = memory_filter(teacher_logits, gt, teacher_features)
+    prototypes.update(features, labels)
+    bank.insert(features, labels, n, prototypes.assigned_anchors if proximity phase else None)
+    prototypes.assign(anchors)            # Hungarian; inserting used the previous assignment
+and then `anchor_contrast_loss(student_features, labels, prototypes.assigned_anchors, bank)`.
+
+Labels outside [0, K) (255 = ignore, or pixels the filter rejected) are carried along and
+skipped by every consumer, so nothing is boolean-indexed and nothing syncs with the host,
+except where a method says so. Per-class sums are one-hot matrix products: deterministic on
+every device, unlike float atomics. These small reductions run in float32 with autocast off.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+IGNORE_INDEX = 255
+
+
+def _class_bins(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Labels with everything outside [0, K) mapped to the spare bin K."""
+    labels = labels.reshape(-1).long()
+    in_range = (labels >= 0) & (labels < num_classes)
+    return torch.where(in_range, labels, num_classes)
+
+
+def _one_hot(bins: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, K) float32 membership; the spare bin K matches no column."""
+    return (bins[:, None] == torch.arange(num_classes, device=bins.device)[None, :]).float()
+
+
+def nearest_downsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pick pixel (floor(i*H/h), floor(j*W/w)) of the last two dims: (4i, 4j) at stride 4.
+
+    Works on any dtype (labels included, which F.interpolate does not take).
+    """
+    height, width = maps.shape[-2:]
+    out_h, out_w = size
+    rows = torch.arange(out_h, device=maps.device) * height // out_h
+    cols = torch.arange(out_w, device=maps.device) * width // out_w
+    return maps.index_select(-2, rows).index_select(-1, cols)
+
+
+def _flatten_features(features: torch.Tensor) -> torch.Tensor:
+    """(B, D, h, w) -> (B*h*w, D) in raster order (batch, row, column)."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+
+
+class Prototypes(nn.Module):
+    """Class centroids tracked by momentum, and their Hungarian match to fixed anchors.
+
+    Buffers (so `state_dict` / `load_state_dict` / `.to()` resume exactly):
+      centroids         (K, D) unit vectors, initialised from normalised N(0, I) draws;
+      assigned_anchors  (K, D) row c is the anchor matched to class c (random unit vectors
+                        until the first `assign`);
+      assignment        (K,) anchor index per class, -1 before the first `assign`.
+    """
+
+    def __init__(self, num_classes: int, dim: int, momentum: float = 0.9, seed: int = 0):
+        super().__init__()
+        self.num_classes = num_classes
+        self.momentum = momentum
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("centroids", F.normalize(torch.randn(num_classes, dim, generator=generator), dim=1))
+        self.register_buffer("assigned_anchors",
+                             F.normalize(torch.randn(num_classes, dim, generator=generator), dim=1))
+        self.register_buffer("assignment", torch.full((num_classes,), -1, dtype=torch.int64))
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """mu_c <- normalize(m mu_c + (1-m) normalize(mean_f normalize(f))) for observed classes.
+
+        features (N, D), labels (N,); classes with no feature keep their centroid.
+        """
+        with torch.autocast(features.device.type, enabled=False):
+            member = _one_hot(_class_bins(labels, self.num_classes), self.num_classes)
+            unit = F.normalize(features.detach().float(), dim=1)
+            # The direction of the sum is the direction of the mean.
+            batch_direction = F.normalize(member.T @ unit, dim=1)
+            moved = F.normalize(self.momentum * self.centroids + (1.0 - self.momentum) * batch_direction, dim=1)
+            observed = member.sum(dim=0) > 0
+            self.centroids.copy_(torch.where(observed[:, None], moved, self.centroids))
+
+    @torch.no_grad()
+    def assign(self, anchors: torch.Tensor) -> torch.Tensor:
+        """Match classes to anchors maximising sum_c mu_c . t_pi(c); returns pi as (K,) int64.
+
+        Syncs: the (K, K) cosine matrix goes to the CPU for scipy's linear_sum_assignment.
+        """
+        if anchors.shape != self.centroids.shape:
+            raise ValueError(f"anchors have shape {tuple(anchors.shape)}, prototypes expect "
+                             f"{tuple(self.centroids.shape)}; use the anchor file made for this K and dim")
+        anchors = anchors.to(self.centroids.device, self.centroids.dtype)
+        cosine = (self.centroids.double() @ anchors.double().T).cpu().numpy()
+        rows, cols = linear_sum_assignment(-cosine)
+        permutation = torch.as_tensor(cols[np.argsort(rows)], dtype=torch.int64)
+        self.assignment.copy_(permutation)
+        self.assigned_anchors.copy_(anchors[permutation.to(anchors.device)])
+        return self.assignment
+
+
+class MemoryBank(nn.Module):
+    """Per-class FIFO of raw (unnormalised) features, newest first, `capacity` per class.
+
+    Storage is one (K, capacity, D) buffer plus per-class counts, so insertion is a batched
+    shift and the loss reads every class at once; slots past a class's count are zero.
+    """
+
+    def __init__(self, num_classes: int, dim: int, capacity: int = 256, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        self.num_classes = num_classes
+        self.capacity = capacity
+        self.register_buffer("features", torch.zeros(num_classes, capacity, dim, dtype=dtype))
+        self.register_buffer("counts", torch.zeros(num_classes, dtype=torch.int64))
+
+    @torch.no_grad()
+    def insert(self, features: torch.Tensor, labels: torch.Tensor, per_class: int,
+               proximity_anchors: torch.Tensor | None = None) -> None:
+        """Prepend up to `per_class` features of each class and drop what overflows capacity.
+
+        features (N, D) in raster order, labels (N,) (outside [0, K) = not a candidate).
+        A class with n_c <= per_class inserts all its features in raster order. Otherwise it
+        inserts the `per_class` with the highest cosine to its row of `proximity_anchors`
+        (the assigned anchors), closest first, or, without anchors, the first `per_class` in
+        raster order.
+        """
+        num_rows = features.shape[0]
+        if num_rows == 0:
+            return
+        k, capacity, dim = self.features.shape
+        take_limit = min(per_class, capacity)
+        features = features.detach().to(self.features.dtype)
+        bins = _class_bins(labels, k)
+        class_sizes = torch.zeros(k + 1, dtype=torch.int64, device=bins.device)
+        class_sizes.index_add_(0, bins, torch.ones(1, dtype=torch.int64, device=bins.device).expand_as(bins))
+
+        if proximity_anchors is None:
+            order = torch.sort(bins, stable=True).indices
+        else:
+            anchors = proximity_anchors.to(features.device, features.dtype)
+            cosine = (F.normalize(features, dim=1) * anchors[bins.clamp(max=k - 1)]).sum(dim=1)
+            # Classes that fit entirely keep raster order: equal scores and stable sorts.
+            ranked = class_sizes[bins] > per_class
+            score = torch.where(ranked, cosine, torch.zeros_like(cosine))
+            by_score = torch.sort(score, descending=True, stable=True).indices
+            order = by_score[torch.sort(bins[by_score], stable=True).indices]
+
+        starts = torch.cumsum(class_sizes, dim=0) - class_sizes
+        taken = torch.clamp(class_sizes[:k], max=take_limit)  # (K,)
+        rank = torch.arange(take_limit, device=bins.device)
+        source = (starts[:k, None] + rank[None, :]).clamp(max=num_rows - 1)  # (K, take_limit)
+        chosen = features[order[source]]  # (K, take_limit, D); rows past `taken` are masked below
+        chosen = F.pad(chosen, (0, 0, 0, capacity - take_limit))
+
+        slot = torch.arange(capacity, device=bins.device)[None, :]
+        is_new = slot < taken[:, None]
+        old_slot = slot - taken[:, None]
+        is_old = (old_slot >= 0) & (old_slot < self.counts[:, None])
+        old = self.features.gather(1, old_slot.clamp(min=0)[..., None].expand(-1, -1, dim))
+        zeros = torch.zeros((), dtype=self.features.dtype, device=self.features.device)
+        self.features.copy_(torch.where(is_new[..., None], chosen, torch.where(is_old[..., None], old, zeros)))
+        self.counts.copy_(torch.clamp(self.counts + taken, max=capacity))
+
+    def get(self, class_index: int) -> torch.Tensor:
+        """The stored features of one class, newest first (syncs: reads the count)."""
+        return self.features[class_index, : int(self.counts[class_index])]
+
+
+def per_class_insertions(dataset: str, batch_size: int, num_labeled: int, num_classes: int,
+                         memory_size: int = 256) -> int:
+    """How many features per class enter the bank per iteration (§5.3, quirks kept).
+
+    Cityscapes (and the synthetic set, which uses its layout): B * max(1, round(256 / N_l)).
+    VOC: B * max(1, floor(K/3 * round(256 / N_l))).
+    """
+    if num_labeled < 1:
+        raise ValueError(f"num_labeled must be >= 1, got {num_labeled}")
+    per_image = round(memory_size / num_labeled)
+    if dataset in ("cityscapes", "synthetic"):
+        return batch_size * max(1, int(per_image))
+    if dataset == "voc":
+        return batch_size * max(1, int(num_classes / 3 * per_image))
+    raise ValueError(f"dataset must be cityscapes, synthetic or voc; got {dataset!r}")
+
+
+@torch.no_grad()
+def memory_filter(teacher_logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor,
+                  conf_thresh: float = 0.95, ignore_index: int = IGNORE_INDEX):
+    """Candidates for the memory bank: labeled pixels the teacher gets right and is sure of.
+
+    teacher_logits (B, K, H, W) and ground truth (B, H, W) are taken at the feature grid
+    (B, D, h, w) by nearest downsampling; a pixel stays where argmax == GT and max-prob >
+    `conf_thresh`. Returns every feature as (B*h*w, D) in raster order with labels (B*h*w,)
+    set to `ignore_index` where the pixel was rejected, so the filter needs no host sync.
+    """
+    size = tuple(features.shape[-2:])
+    logits = nearest_downsample(teacher_logits, size)
+    ground_truth = nearest_downsample(labels, size)
+    confidence, prediction = torch.softmax(logits.float(), dim=1).max(dim=1)
+    keep = (prediction == ground_truth) & (confidence > conf_thresh)
+    kept_labels = torch.where(keep, ground_truth, torch.full_like(ground_truth, ignore_index))
+    return _flatten_features(features.detach()), kept_labels.reshape(-1)
+
+
+def anchor_contrast_loss(features: torch.Tensor, labels: torch.Tensor, assigned_anchors: torch.Tensor,
+                         memory: MemoryBank | None, temperature: float = 0.5) -> torch.Tensor:
+    """L_con = (1/K) sum_c ([|F_c| > 1] L_anc_c + [|F_c| > 1 and |M_c| > 1] L_sim_c).
+
+    features (B, D, h, w) carry the gradient; labels (B, H, W) at full or feature resolution
+    (nearest-downsampled to h x w; labels outside [0, K) are dropped); anchors and memory are
+    constants. L_anc_c is the mean over F_c of -log softmax_k(f.a_k / temperature)[c] with
+    unit f. L_sim_c is the mean over all pairs (f, m) of (1 - f.m) with unit f, m, computed as
+    1 - mean(f) . mean(m): by bilinearity of the dot product,
+        (1/|F||M|) sum_f sum_m (1 - f.m) = 1 - ((1/|F|) sum_f f) . ((1/|M|) sum_m m),
+    which costs O((|F| + |M|) D) instead of O(|F| |M| D). The sum is divided by K whatever the
+    number of classes present.
+    """
+    num_classes = assigned_anchors.shape[0]
+    if labels.shape[-2:] != features.shape[-2:]:
+        labels = nearest_downsample(labels, tuple(features.shape[-2:]))
+    with torch.autocast(features.device.type, enabled=False):
+        unit = F.normalize(_flatten_features(features).float(), dim=1)
+        anchors = assigned_anchors.detach().to(unit.device, unit.dtype)
+        bins = _class_bins(labels, num_classes)
+        member = _one_hot(bins, num_classes)
+        class_sizes = member.sum(dim=0)
+
+        logits = unit @ anchors.T / temperature
+        own_logit = logits.gather(1, bins.clamp(max=num_classes - 1)[:, None]).squeeze(1)
+        anchor_ce = torch.logsumexp(logits, dim=1) - own_logit
+        anchor_term = (member.T @ anchor_ce) / class_sizes.clamp(min=1)
+        enough_features = class_sizes > 1
+        total = torch.where(enough_features, anchor_term, torch.zeros_like(anchor_term)).sum()
+
+        if memory is not None:
+            # Unused slots hold zeros, which stay zero when normalised and add nothing.
+            stored = F.normalize(memory.features.detach().to(unit.device, unit.dtype), dim=2)
+            memory_mean = stored.sum(dim=1) / memory.counts.clamp(min=1)[:, None]
+            feature_mean = (member.T @ unit) / class_sizes.clamp(min=1)[:, None]
+            similarity_term = 1.0 - (feature_mean * memory_mean).sum(dim=1)
+            active = enough_features & (memory.counts > 1)
+            total = total + torch.where(active, similarity_term, torch.zeros_like(similarity_term)).sum()
+    return total / num_classes

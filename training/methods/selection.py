@@ -1,0 +1,59 @@
+"""Class mismatch scores and the Pro-Student's pixel selection (specs/stpg.md §4.2, §7.11).
+
+The score of a class is (1 - precision) + (1 - recall) between two hard labelings of the same
+pixels, read off a confusion matrix; CPCL's union rule uses the same score.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def confusion_matrix(rows: torch.Tensor, cols: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K,K) int64 counts C[i, j] = #{p : rows_p = i, cols_p = j}, on the inputs' device.
+
+    Pixels where either label lies outside [0, K) (e.g. 255 = ignore) are not counted: they go
+    to one spare bin that is dropped, so no boolean indexing and no host sync. This uses
+    `index_add_` rather than `torch.bincount`, which reads the input's maximum back to the host
+    on CUDA to size its output.
+    """
+    rows = rows.reshape(-1)
+    cols = cols.reshape(-1)
+    if rows.shape != cols.shape:
+        raise ValueError(f"label tensors differ in size: {rows.numel()} vs {cols.numel()}")
+    k = num_classes
+    in_range = (rows >= 0) & (rows < k) & (cols >= 0) & (cols < k)
+    bins = torch.where(in_range, rows.long() * k + cols.long(), k * k)
+    counts = torch.zeros(k * k + 1, dtype=torch.int64, device=rows.device)
+    counts.index_add_(0, bins, torch.ones(1, dtype=torch.int64, device=rows.device).expand_as(bins))
+    return counts[: k * k].reshape(k, k)
+
+
+def mismatch_weights(teacher_labels: torch.Tensor, student_labels: torch.Tensor,
+                     num_classes: int) -> torch.Tensor:
+    """w_c = s_c / sum_k s_k with s_c = (Q_c - D_c)/Q_c + (R_c - D_c)/R_c, float64, shape (K,).
+
+    C gets one extra count on its diagonal (the reference appends each class once to both
+    label vectors), so no row or column sum is 0. When the two labelings agree everywhere,
+    sum(s) = 0 and w is all NaN, on purpose: NaN compares false, so `select_pixels` then keeps
+    only the consistent pixels, which is the reference behaviour (§7.11).
+    """
+    confusion = confusion_matrix(teacher_labels, student_labels, num_classes).double()
+    confusion += torch.eye(num_classes, dtype=torch.float64, device=confusion.device)
+    diagonal = confusion.diagonal()
+    row_sums = confusion.sum(dim=1)
+    col_sums = confusion.sum(dim=0)
+    scores = (col_sums - diagonal) / col_sums + (row_sums - diagonal) / row_sums
+    return scores / scores.sum()
+
+
+def select_pixels(teacher_labels: torch.Tensor, student_labels: torch.Tensor,
+                  num_classes: int) -> torch.Tensor:
+    """Float mask m_p = 1 for consistent pixels and for highly mismatched ones, else 0.
+
+    Highly mismatched: the labels differ and w[teacher] > w[student] strictly; ties and NaN
+    weights count as low mismatched and are dropped.
+    """
+    weights = mismatch_weights(teacher_labels, student_labels, num_classes)
+    consistent = teacher_labels == student_labels
+    highly_mismatched = weights[teacher_labels] > weights[student_labels]
+    return (consistent | highly_mismatched).float()

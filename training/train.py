@@ -1,0 +1,55 @@
+"""DVC stages `train` (method from train.method) and `train_baseline` (supervised on the same split).
+
+Writes the evaluated network (the Gen-Student for STPG) to train.out as a deployable model.
+A killed run resumes from its last checkpoint when started again.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from training import cli, params
+from training.data import datasets
+from training.deployable import save_deployable
+from training.engine import CheckpointError, Trainer
+from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--method", help="override train.method (the baseline stage passes supervised)")
+    parser.add_argument("--out", help="override train.out")
+    parser.add_argument("--checkpoint-dir", help="override train.checkpoint_dir")
+    parser.add_argument("--live-dir", default="dvclive/train")
+    parser.add_argument("--splits", default="data/splits")
+    parser.add_argument("--manifest", default="data/prepared/manifest.json")
+    parser.add_argument("--all-labeled", action="store_true", help="every train image labeled (upper bound)")
+    args = parser.parse_args(argv)
+
+    cfg = params.load("train", args.params)
+    overrides = {k: v for k, v in (("method", args.method), ("out", args.out),
+                                   ("checkpoint_dir", args.checkpoint_dir)) if v}
+    cfg = dataclasses.replace(cfg, **overrides)
+    cfg.check("train")
+    model_cfg = params.load("model", args.params)
+    eval_cfg = params.load("evaluate", args.params)
+    manifest = datasets.read_manifest(args.manifest)
+    if args.all_labeled:
+        labeled, unlabeled = [tuple(p) for p in manifest["train"]], []
+    else:
+        labeled = datasets.read_pairs_file(f"{args.splits}/labeled.txt")
+        unlabeled = datasets.read_pairs_file(f"{args.splits}/unlabeled.txt")
+    trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, manifest["val"], args.live_dir,
+                      tuple(eval_cfg.crop), eval_cfg.mode)
+    trainer.fit()
+    if trainer.dist.is_main:
+        info = trainer.info
+        save_deployable(cfg.out, trainer.method.evaluated_network(), classes=info.classes, palette=info.palette,
+                        mean=IMAGENET_MEAN, std=IMAGENET_STD, dataset=manifest["dataset"], method=cfg.method,
+                        iteration=cfg.iters)
+        print(f"{cfg.method}: {cfg.iters} iterations -> {cfg.out}")
+
+
+if __name__ == "__main__":
+    cli.run(main, CheckpointError)
