@@ -1,0 +1,48 @@
+import numpy as np
+import torch
+
+from training.evaluate import iou_from_confusion, sliding_window_logits, window_starts
+
+
+def test_window_starts_t12():
+    assert window_starts(1024, 800, 534) == [0, 224]
+    assert window_starts(2048, 800, 534) == [0, 534, 1068, 1248]
+    assert window_starts(800, 800, 534) == [0]
+    assert window_starts(500, 800, 534) == [0]
+
+
+class CountingModel(torch.nn.Module):
+    """Logits = 1 everywhere in class 0, so summed windows count how many windows cover a pixel."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape[-2:]))
+        out = torch.zeros(x.shape[0], 2, *x.shape[-2:])
+        out[:, 0] = 1
+        return out
+
+
+def test_sliding_window_sums_overlaps():
+    model = CountingModel()
+    logits = sliding_window_logits(model, torch.zeros(1, 3, 10, 20), (10, 12), 2)
+    # width 20, crop 12, stride ceil(24/3)=8: starts [0, 8] -> columns 8..11 covered twice
+    assert model.calls == [(10, 12), (10, 12)]
+    np.testing.assert_array_equal(logits[0, 0, 0].numpy(), [1] * 8 + [2] * 4 + [1] * 8)
+
+
+def test_small_image_is_centre_padded_and_cropped_back():
+    model = CountingModel()
+    logits = sliding_window_logits(model, torch.zeros(1, 3, 5, 7), (8, 8), 2)
+    assert model.calls == [(8, 8)] and logits.shape == (1, 2, 5, 7)
+
+
+def test_iou_by_hand():
+    # rows = ground truth, cols = prediction
+    confusion = np.array([[3, 1, 0], [0, 2, 0], [0, 0, 0]])
+    iou, miou, acc = iou_from_confusion(confusion)
+    np.testing.assert_allclose(iou[:2], [3 / 4, 2 / 3])
+    assert np.isnan(iou[2])  # absent from ground truth and prediction
+    assert miou == np.mean([3 / 4, 2 / 3]) and acc == 5 / 6
