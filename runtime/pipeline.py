@@ -1,0 +1,343 @@
+"""Decode -> preprocess -> infer -> postprocess -> encode as concurrent stages.
+
+One thread per stage, joined by bounded queues: the heavy work (video codecs, the C ops,
+ONNX Runtime / TensorRT) releases the GIL, so the stages overlap and throughput approaches
+that of the slowest stage. One thread per stage also keeps frames in order for free.
+
+Offline mode blocks on full queues, so every frame is processed. Real-time mode never blocks
+in front of inference: a new frame evicts the oldest waiting one (counted as dropped), so
+latency stays bounded when inference is slower than the camera.
+"""
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+import time
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from runtime import ops
+from runtime.engines.base import Engine
+from runtime.ops.reference import nearest_indices
+
+STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
+GLASS_TO_GLASS = "glass_to_glass"
+SUMMARY_PERCENTILES = (50, 90, 99)
+_LOGIT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+def percentiles(samples: Sequence[float], qs: Sequence[float] = SUMMARY_PERCENTILES) -> dict[str, float | None]:
+    """{"p50": ..., "p90": ...} with numpy's linear interpolation; None for no samples."""
+    if len(samples) == 0:
+        return {f"p{q:g}": None for q in qs}
+    values = np.percentile(np.asarray(samples, dtype=np.float64), list(qs))
+    return {f"p{q:g}": float(v) for q, v in zip(qs, values)}
+
+
+@dataclasses.dataclass(eq=False)
+class Frame:
+    """One frame on its way through the stages, with `(start_ns, end_ns)` per stage done.
+
+    Times are `time.perf_counter_ns()`. `labels` is the map postprocess made (input size for
+    full-resolution logits, else frame size); `frame_labels` is it at frame size, made only
+    when a sink asks for labels.
+    """
+
+    index: int
+    image: np.ndarray
+    stamps: dict[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    batch: np.ndarray | None = None
+    output: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    frame_labels: np.ndarray | None = None
+    overlay: np.ndarray | None = None
+
+    def stage_ms(self, stage: str) -> float:
+        start, end = self.stamps[stage]
+        return (end - start) / 1e6
+
+    def glass_to_glass_ms(self) -> float:
+        """From the frame being captured (decoded) to its output being written."""
+        return (self.stamps["encode"][1] - self.stamps["decode"][1]) / 1e6
+
+
+@dataclasses.dataclass
+class RunStats:
+    frames_in: int = 0  # frames the source delivered
+    frames_out: int = 0  # frames every sink received
+    dropped: int = 0  # evicted in real-time mode
+    corrupt: int = 0  # skipped by the source as undecodable
+    wall_s: float = 0.0
+    interrupted: bool = False
+    latency_ms: dict[str, list[float]] = dataclasses.field(
+        default_factory=lambda: {name: [] for name in (*STAGES, GLASS_TO_GLASS)})
+
+    @property
+    def fps(self) -> float:
+        return self.frames_out / self.wall_s if self.wall_s > 0 else 0.0
+
+    def record(self, frame: Frame) -> None:
+        for stage in STAGES:
+            self.latency_ms[stage].append(frame.stage_ms(stage))
+        self.latency_ms[GLASS_TO_GLASS].append(frame.glass_to_glass_ms())
+
+    def summary(self) -> dict:
+        """JSON-ready counts, FPS and p50/p90/p99 milliseconds per stage and glass to glass."""
+        return {
+            "frames_in": self.frames_in,
+            "frames_out": self.frames_out,
+            "dropped": self.dropped,
+            "corrupt": self.corrupt,
+            "interrupted": self.interrupted,
+            "wall_s": self.wall_s,
+            "fps": self.fps,
+            "latency_ms": {name: percentiles(samples) for name, samples in self.latency_ms.items()},
+        }
+
+
+class Processor:
+    """The per-frame work of each stage, callable one at a time so a benchmark can time each."""
+
+    def __init__(self, engine: Engine, *, alpha: float = 0.5):
+        self.engine = engine
+        self.contract = engine.contract
+        self.alpha = float(alpha)
+        self.palette = np.asarray(self.contract.palette, dtype=np.uint8).reshape(-1, 3)
+
+    def preprocess(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """The network input batch of one frame, in the contract's layout."""
+        tensor = ops.preprocess(frame_bgr, self.contract.input_size, self.contract.mean, self.contract.std,
+                                layout=self.contract.input_layout)
+        return tensor[np.newaxis]
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        return self.engine.infer(batch)
+
+    def postprocess(self, output: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+        """uint8 label map: frame size from low-resolution logits, input size from full logits."""
+        kind = self.contract.output_kind
+        if kind == "labels":
+            return np.ascontiguousarray(output[0], dtype=np.uint8)
+        logits = output[0]
+        if logits.dtype not in _LOGIT_DTYPES:
+            logits = logits.astype(np.float32)
+        logits = np.ascontiguousarray(logits)
+        if kind == "lowres_logits":
+            return ops.upsample_argmax(logits, tuple(frame_hw))
+        return ops.argmax(logits)
+
+    def render(self, frame_bgr: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return ops.blend(frame_bgr, labels, self.palette, self.alpha)
+
+    @staticmethod
+    def frame_labels(labels: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
+        """The label map at frame size, sampled nearest as the overlay shows it."""
+        height, width = frame_hw
+        if labels.shape == (height, width):
+            return labels
+        return labels[np.ix_(nearest_indices(labels.shape[0], height), nearest_indices(labels.shape[1], width))]
+
+
+class _Stopped(Exception):
+    """Another stage failed or the run was interrupted; this stage leaves quietly."""
+
+
+_END = object()
+_POLL_S = 0.05
+
+
+class _Run:
+    def __init__(self, source, processor: Processor, sinks, *, realtime, pace_fps, max_frames, queue_size,
+                 on_frame):
+        self.source = source
+        self.processor = processor
+        self.sinks = list(sinks)
+        self.realtime = realtime
+        self.pace_fps = pace_fps
+        self.max_frames = max_frames
+        self.on_frame = on_frame
+        self.need_overlay = any(sink.needs_overlay for sink in self.sinks)
+        self.need_labels = any(sink.needs_labels for sink in self.sinks)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []
+        self.stats = RunStats()
+        # Real-time mode holds at most one frame between stages, so latency stays a few frame
+        # times; the one in front of inference is always the newest.
+        self.queues = [queue.Queue(maxsize=1 if realtime else queue_size) for _ in range(4)]
+
+    def _get(self, q: queue.Queue):
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+
+    def _put(self, q: queue.Queue, item) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def _put_evicting(self, q: queue.Queue, item) -> None:
+        """Put without waiting, evicting the oldest waiting frame (this thread is the only producer)."""
+        while True:
+            try:
+                q.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    q.get_nowait()
+                    self.stats.dropped += 1
+                except queue.Empty:
+                    pass
+
+    def _wait_until(self, deadline_s: float) -> None:
+        while (left := deadline_s - time.perf_counter()) > 0:
+            if self.stop.wait(min(left, _POLL_S)):
+                raise _Stopped
+
+    def decode(self) -> None:
+        frames = iter(self.source)
+        started = time.perf_counter()
+        count = 0
+        while self.max_frames is None or count < self.max_frames:
+            if self.pace_fps:
+                self._wait_until(started + count / self.pace_fps)
+            if self.stop.is_set():
+                raise _Stopped
+            start = time.perf_counter_ns()
+            item = next(frames, None)
+            end = time.perf_counter_ns()
+            if item is None:
+                break
+            index, image = item
+            count += 1
+            self.stats.frames_in += 1
+            self._put(self.queues[0], Frame(index, image, {"decode": (start, end)}))
+        self._put(self.queues[0], _END)
+
+    def _stage(self, name: str, work: Callable[[Frame], None], q_in: queue.Queue, q_out: queue.Queue,
+               evict: bool = False) -> None:
+        while True:
+            frame = self._get(q_in)
+            if frame is _END:
+                self._put(q_out, _END)
+                return
+            start = time.perf_counter_ns()
+            work(frame)
+            frame.stamps[name] = (start, time.perf_counter_ns())
+            (self._put_evicting if evict else self._put)(q_out, frame)
+
+    def preprocess(self) -> None:
+        def work(frame: Frame) -> None:
+            frame.batch = self.processor.preprocess(frame.image)
+
+        self._stage("preprocess", work, self.queues[0], self.queues[1], evict=self.realtime)
+
+    def infer(self) -> None:
+        def work(frame: Frame) -> None:
+            frame.output = self.processor.infer(frame.batch)
+            frame.batch = None
+
+        self._stage("infer", work, self.queues[1], self.queues[2])
+
+    def postprocess(self) -> None:
+        def work(frame: Frame) -> None:
+            frame_hw = frame.image.shape[:2]
+            frame.labels = self.processor.postprocess(frame.output, frame_hw)
+            frame.output = None
+            if self.need_overlay:
+                frame.overlay = self.processor.render(frame.image, frame.labels)
+            if self.need_labels:
+                frame.frame_labels = self.processor.frame_labels(frame.labels, frame_hw)
+
+        self._stage("postprocess", work, self.queues[2], self.queues[3])
+
+    def encode(self) -> None:
+        while True:
+            frame = self._get(self.queues[3])
+            if frame is _END:
+                return
+            start = time.perf_counter_ns()
+            for sink in self.sinks:
+                sink.write(frame.index, frame.overlay, frame.frame_labels)
+            frame.stamps["encode"] = (start, time.perf_counter_ns())
+            self.stats.frames_out += 1
+            self.stats.record(frame)
+            if self.on_frame is not None:
+                self.on_frame(frame)
+
+    def _guarded(self, stage: Callable[[], None]) -> Callable[[], None]:
+        def body() -> None:
+            try:
+                stage()
+            except _Stopped:
+                pass
+            except BaseException as exc:  # any failure stops every stage; run() re-raises it
+                self.errors.append(exc)
+                self.stop.set()
+
+        return body
+
+    def run(self) -> RunStats:
+        threads = [threading.Thread(target=self._guarded(stage), name=f"pipeline-{stage.__name__}", daemon=True)
+                   for stage in (self.decode, self.preprocess, self.infer, self.postprocess, self.encode)]
+        started = time.perf_counter()
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(_POLL_S)
+        except KeyboardInterrupt:
+            self.stats.interrupted = True
+            self.stop.set()
+            for thread in threads:
+                if thread.ident is not None:
+                    thread.join()
+        self.stats.wall_s = time.perf_counter() - started
+        self.stats.corrupt = int(getattr(self.source, "corrupt_frames", 0))
+        if self.errors:
+            abort_sinks(self.sinks)
+            raise self.errors[0]
+        close_sinks(self.sinks)
+        return self.stats
+
+
+def close_sinks(sinks: Iterable) -> None:
+    """Finish every sink; if one fails, the rest are aborted and the failure raised."""
+    sinks = list(sinks)
+    for position, sink in enumerate(sinks):
+        try:
+            sink.close()
+        except BaseException:
+            abort_sinks(sinks[position + 1:])
+            raise
+
+
+def abort_sinks(sinks: Iterable) -> None:
+    for sink in sinks:
+        sink.abort()
+
+
+def run_pipeline(source: Iterable[tuple[int, np.ndarray]], processor: Processor, sinks: Sequence = (), *,
+                 realtime: bool = False, pace_fps: float | None = None, max_frames: int | None = None,
+                 queue_size: int = 4, on_frame: Callable[[Frame], None] | None = None) -> RunStats:
+    """Run every frame of `source` through the stages into `sinks`, which it closes (or aborts).
+
+    `pace_fps` releases frames at that rate, so a file can stand in for a live camera in
+    real-time mode. `on_frame` is called from the encode thread with each finished Frame.
+    Ctrl-C stops the stages, finishes the sinks with what was written and returns stats with
+    `interrupted` set; an exception in any stage aborts the sinks and is re-raised.
+    """
+    run = _Run(source, processor, sinks, realtime=realtime, pace_fps=pace_fps, max_frames=max_frames,
+               queue_size=queue_size, on_frame=on_frame)
+    return run.run()

@@ -1,0 +1,259 @@
+"""Segment a video, camera, stream or image folder with an exported model.
+
+    python runtime/segment.py --model models/export/gen_student.onnx --source dashcam.mp4 --out overlay.mp4
+
+Writes an overlay video and/or per-frame label PNGs, shows progress on stderr and prints a
+latency summary at the end. With --gt-labels it also scores the labels (mIoU), which is how
+the `segment_demo` stage checks the deployed model on the synthetic dashcam clip.
+Exit codes: 0 done, 2 bad input (one line on stderr, nothing written), 130 Ctrl-C (the output
+written so far is kept as a valid file).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the `runtime` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+from runtime import ops  # noqa: E402
+from runtime.contract import ContractError  # noqa: E402
+from runtime.engines import BACKEND_BY_SUFFIX, BACKENDS, EngineError, open_engine  # noqa: E402
+from runtime.ops import OpsInputError  # noqa: E402
+from runtime.pipeline import GLASS_TO_GLASS, STAGES, Processor, abort_sinks, run_pipeline  # noqa: E402
+from runtime.video import (LabelSink, NullSink, Sink, SinkError, SourceError, VideoSink, labels_path,  # noqa: E402
+                           make_output_folder, open_source, temp_file_in)
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+IGNORE_LABEL = 255
+THREADED_BACKENDS = ("onnxruntime", "torch")
+
+
+class GroundTruthError(ValueError):
+    """The ground-truth labels cannot be used; the message says which and why."""
+
+
+# ------------------------------------------------------------------------------ scoring
+
+
+def confusion_matrix(predicted: np.ndarray, truth: np.ndarray, num_classes: int,
+                     ignore: int = IGNORE_LABEL) -> np.ndarray:
+    """(K, K) int64 counts, rows = true class, columns = predicted; `ignore` and ids >= K skipped."""
+    truth = truth.reshape(-1).astype(np.int64)
+    predicted = predicted.reshape(-1).astype(np.int64)
+    valid = (truth != ignore) & (truth < num_classes) & (predicted < num_classes)
+    pairs = truth[valid] * num_classes + predicted[valid]
+    return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def iou_per_class(confusion: np.ndarray) -> np.ndarray:
+    """TP / (TP + FP + FN) per class; NaN for a class neither present nor predicted."""
+    true_positive = np.diag(confusion).astype(np.float64)
+    union = confusion.sum(axis=0) + confusion.sum(axis=1) - true_positive
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, true_positive / union, np.nan)
+
+
+def mean_iou(confusion: np.ndarray) -> float:
+    """Mean over the classes that occur (NaN-mean); NaN when no pixel was scored."""
+    ious = iou_per_class(confusion)
+    return float(np.nanmean(ious)) if np.isfinite(ious).any() else math.nan
+
+
+class GroundTruthScorer(Sink):
+    """Accumulates the confusion matrix of the frame labels against `<index:06d>.png` trainIds."""
+
+    needs_labels = True
+
+    def __init__(self, folder: str | os.PathLike, num_classes: int):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise GroundTruthError(f"ground-truth folder {self.folder} does not exist; "
+                                   "give the folder of <frame:06d>.png trainId labels")
+        self.num_classes = num_classes
+        self.confusion = np.zeros((num_classes, num_classes), np.int64)
+        self.frames_scored = 0
+        self.frames_without_truth = 0
+
+    def write(self, index: int, overlay: np.ndarray | None, labels: np.ndarray | None) -> None:
+        path = labels_path(self.folder, index)
+        if not path.exists():
+            self.frames_without_truth += 1
+            return
+        truth = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if truth is None or truth.ndim != 2:
+            raise GroundTruthError(f"ground truth {path} is not a single-channel label PNG")
+        if truth.shape != labels.shape:
+            raise GroundTruthError(f"ground truth {path} is {truth.shape[1]}x{truth.shape[0]} but the frames are "
+                                   f"{labels.shape[1]}x{labels.shape[0]}; use the labels of this video")
+        self.confusion += confusion_matrix(labels, truth, self.num_classes)
+        self.frames_scored += 1
+
+    def report(self, classes) -> dict:
+        ious = iou_per_class(self.confusion)
+        miou = mean_iou(self.confusion)
+        return {
+            "miou": None if math.isnan(miou) else miou,
+            "iou_per_class": {name: None if math.isnan(v) else float(v) for name, v in zip(classes, ious)},
+            "frames_scored": self.frames_scored,
+            "frames_without_truth": self.frames_without_truth,
+        }
+
+
+# ------------------------------------------------------------------------------- output
+
+
+def check_writable(path: Path) -> None:
+    """Fail now, before any frame is processed, if `path` could not be written at the end."""
+    if path.is_dir():
+        raise SinkError(f"stats file {path}: is a folder; give a file name such as stats.json")
+    make_output_folder(path.parent, "stats file", path)
+    os.unlink(temp_file_in(path.parent, path.name, "stats file", path, ".tmp"))
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomically: a reader (or DVC) never sees a half-written file."""
+    temp = temp_file_in(path.parent, path.name, "stats file", path, ".tmp")
+    try:
+        with open(temp, "w") as stream:
+            json.dump(data, stream, indent=2)
+            stream.write("\n")
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def format_summary(summary: dict) -> str:
+    """The end-of-run table: counts, FPS and latency percentiles per stage."""
+    def ms(value):
+        return f"{value:9.2f}" if value is not None else f"{'-':>9}"
+
+    lines = [
+        f"frames in {summary['frames_in']}, out {summary['frames_out']}, dropped {summary['dropped']}, "
+        f"corrupt {summary['corrupt']}; {summary['fps']:.2f} FPS over {summary['wall_s']:.2f} s"
+        + (" (interrupted)" if summary["interrupted"] else ""),
+        f"{'latency (ms)':<16}{'p50':>9}{'p90':>9}{'p99':>9}",
+    ]
+    for stage in (*STAGES, GLASS_TO_GLASS):
+        row = summary["latency_ms"][stage]
+        lines.append(f"{stage:<16}{ms(row['p50'])}{ms(row['p90'])}{ms(row['p99'])}")
+    if "miou" in summary:
+        miou = summary["miou"]
+        lines.append(f"mIoU {'-' if miou is None else f'{miou:.4f}'} over {summary['frames_scored']} labelled frames")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="segment", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", required=True, help="exported artefact (.onnx, .engine, .ts) with its model contract")
+    parser.add_argument("--source", required=True, help="video file, camera index (0), rtsp:// or http:// URL, "
+                        "or a folder of .png/.jpg frames")
+    parser.add_argument("--out", type=Path, help="overlay video to write (.mp4)")
+    parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
+    parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
+    parser.add_argument("--save-labels", type=Path, metavar="DIR", help="write uint8 trainId PNGs per frame here")
+    parser.add_argument("--realtime", action="store_true",
+                        help="drop the oldest waiting frame instead of falling behind; files play at their frame rate "
+                        "(always on for cameras and streams)")
+    parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the run summary here")
+    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for the ops and the engine")
+    parser.add_argument("--gt-labels", type=Path, metavar="DIR",
+                        help="score the labels (mIoU) against <frame:06d>.png trainIds in DIR")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.alpha <= 1.0:
+        parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
+    for name in ("max_frames", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    return args
+
+
+def open_model(args):
+    backend = BACKEND_BY_SUFFIX.get(Path(args.model).suffix) if args.backend == "auto" else args.backend
+    extra = {"threads": args.threads} if args.threads and backend in THREADED_BACKENDS else {}
+    return open_engine(args.model, backend=args.backend, **extra)
+
+
+def segment(args: argparse.Namespace) -> int:
+    """Run the CLI once; user errors surface as the exceptions `main` turns into exit code 2.
+
+    Inputs and output locations are all checked before the first frame is processed, the
+    outputs before the (possibly slow) model load.
+    """
+    if args.json is not None:
+        check_writable(args.json)
+    if args.threads:
+        ops.set_num_threads(args.threads)
+    with open_source(args.source) as source:
+        sinks: list[Sink] = []
+        try:
+            if args.out is not None:
+                sinks.append(VideoSink(args.out, source.fps, source.size))
+            if args.save_labels is not None:
+                sinks.append(LabelSink(args.save_labels))
+            with open_model(args) as engine:
+                scorer = None
+                if args.gt_labels is not None:
+                    scorer = GroundTruthScorer(args.gt_labels, engine.contract.num_classes)
+                    sinks.append(scorer)
+                processor = Processor(engine, alpha=args.alpha)
+                stats = _run_with_progress(args, source, processor, sinks or [NullSink()])
+                summary = stats.summary()
+                summary.update(source=str(args.source), model=str(args.model), engine=engine.describe(),
+                               realtime=args.realtime or source.is_live)
+                if scorer is not None:
+                    summary.update(scorer.report(engine.contract.classes))
+        except BaseException:
+            abort_sinks(sinks)  # the pipeline already did if it ran; aborting twice is harmless
+            raise
+    print(format_summary(summary))
+    if args.json is not None:
+        write_json(args.json, summary)
+    return EXIT_INTERRUPTED if stats.interrupted else 0
+
+
+def _run_with_progress(args, source, processor, sinks):
+    from tqdm import tqdm
+
+    total = source.frame_count
+    if args.max_frames is not None:
+        total = args.max_frames if total is None else min(total, args.max_frames)
+    # A camera cannot wait for us: live sources always run in real-time mode.
+    realtime = args.realtime or source.is_live
+    pace = source.fps if realtime and not source.is_live else None
+    with tqdm(total=total, unit="frame", desc="segment", file=sys.stderr, disable=args.no_progress,
+              dynamic_ncols=True) as bar:
+        return run_pipeline(source, processor, sinks, realtime=realtime, pace_fps=pace,
+                            max_frames=args.max_frames, on_frame=lambda frame: bar.update())
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return segment(args)
+    except (SourceError, SinkError, ContractError, EngineError, GroundTruthError, OpsInputError) as exc:
+        message = " ".join(str(exc).split())  # one line whatever the library put in it
+        print(f"segment: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # before the pipeline started: nothing was written
+        print("segment: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
