@@ -1,0 +1,182 @@
+// CUDA kernels of runtime.cuda.ops: the semantics of runtime/ops/reference.py.
+//
+// The host passes the reference's own sampling tables (taps, weights, nearest indices), and
+// every kernel repeats the reference's float operations in the same order. Compiled with
+// --fmad=false (no fused multiply-adds) and IEEE division, float results round exactly like
+// the reference's separate NumPy operations; integer results are bit-identical.
+// One thread per output pixel; x = column, y = row.
+
+#include <cuda_fp16.h>
+
+namespace {
+
+__device__ __forceinline__ float load_logit(const float *p) { return *p; }
+__device__ __forceinline__ float load_logit(const __half *p) { return __half2float(*p); }
+
+__device__ __forceinline__ void store_input(float *p, float v) { *p = v; }
+__device__ __forceinline__ void store_input(__half *p, float v) { *p = __float2half_rn(v); }
+
+// reference.preprocess, layout "nchw_float": vertical lerp, horizontal lerp, then
+// (v / 255 - mean) / std into RGB planes.
+template <typename Out>
+__device__ void preprocess_nchw(const unsigned char *frame, int src_w, int h, int w, const int *y0,
+                                const int *y1, const float *fy, const int *x0, const int *x1,
+                                const float *fx, float mean_r, float mean_g, float mean_b, float std_r,
+                                float std_g, float std_b, Out *out)
+{
+    const int dx = blockIdx.x * blockDim.x + threadIdx.x, dy = blockIdx.y * blockDim.y + threadIdx.y;
+    if (dx >= w || dy >= h)
+        return;
+    const unsigned char *top = frame + (size_t)y0[dy] * src_w * 3;
+    const unsigned char *bottom = frame + (size_t)y1[dy] * src_w * 3;
+    const float wy = fy[dy], wy0 = 1.0f - wy, wx = fx[dx], wx0 = 1.0f - wx;
+    const int left = 3 * x0[dx], right = 3 * x1[dx];
+    const float mean[3] = {mean_r, mean_g, mean_b}, stdev[3] = {std_r, std_g, std_b};
+    const size_t plane = (size_t)h * w, at = (size_t)dy * w + dx;
+    for (int c = 0; c < 3; c++) {  // RGB plane c reads BGR channel 2 - c
+        const int ch = 2 - c;
+        const float row_left = wy0 * (float)top[left + ch] + wy * (float)bottom[left + ch];
+        const float row_right = wy0 * (float)top[right + ch] + wy * (float)bottom[right + ch];
+        const float v = wx0 * row_left + wx * row_right;
+        store_input(out + c * plane + at, (v / 255.0f - mean[c]) / stdev[c]);
+    }
+}
+
+// reference.upsample_argmax: horizontal lerp of both source rows, vertical lerp, strict
+// running maximum (the lowest class wins a tie).
+template <typename T>
+__device__ void upsample_argmax_impl(const T *logits, int classes, int h, int w, int out_h, int out_w,
+                                     const int *y0, const int *y1, const float *fy, const int *x0,
+                                     const int *x1, const float *fx, unsigned char *labels)
+{
+    const int dx = blockIdx.x * blockDim.x + threadIdx.x, dy = blockIdx.y * blockDim.y + threadIdx.y;
+    if (dx >= out_w || dy >= out_h)
+        return;
+    const size_t plane = (size_t)h * w;
+    const T *top_row = logits + (size_t)y0[dy] * w, *bottom_row = logits + (size_t)y1[dy] * w;
+    const int left = x0[dx], right = x1[dx];
+    const float tx = fx[dx], ty = fy[dy];
+    float best = 0.0f;
+    int best_class = 0;
+    for (int k = 0; k < classes; k++) {
+        const T *t = top_row + k * plane, *b = bottom_row + k * plane;
+        const float tl = load_logit(t + left), tr = load_logit(t + right);
+        const float bl = load_logit(b + left), br = load_logit(b + right);
+        const float top = tl + tx * (tr - tl), bottom = bl + tx * (br - bl);
+        const float v = top + ty * (bottom - top);
+        if (k == 0 || v > best) {
+            best = v;
+            best_class = k;
+        }
+    }
+    labels[(size_t)dy * out_w + dx] = (unsigned char)best_class;
+}
+
+// reference.argmax over (K, pixels) logits.
+template <typename T>
+__device__ void argmax_impl(const T *logits, int classes, int pixels, unsigned char *labels)
+{
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= pixels)
+        return;
+    float best = load_logit(logits + i);
+    int best_class = 0;
+    for (int k = 1; k < classes; k++) {
+        const float v = load_logit(logits + (size_t)k * pixels + i);
+        if (v > best) {
+            best = v;
+            best_class = k;
+        }
+    }
+    labels[i] = (unsigned char)best_class;
+}
+
+}  // namespace
+
+extern "C" {
+
+__global__ void preprocess_nchw_f32(const unsigned char *frame, int src_w, int h, int w, const int *y0,
+                                    const int *y1, const float *fy, const int *x0, const int *x1,
+                                    const float *fx, float mean_r, float mean_g, float mean_b, float std_r,
+                                    float std_g, float std_b, float *out)
+{
+    preprocess_nchw<float>(frame, src_w, h, w, y0, y1, fy, x0, x1, fx, mean_r, mean_g, mean_b, std_r, std_g,
+                           std_b, out);
+}
+
+__global__ void preprocess_nchw_f16(const unsigned char *frame, int src_w, int h, int w, const int *y0,
+                                    const int *y1, const float *fy, const int *x0, const int *x1,
+                                    const float *fx, float mean_r, float mean_g, float mean_b, float std_r,
+                                    float std_g, float std_b, __half *out)
+{
+    preprocess_nchw<__half>(frame, src_w, h, w, y0, y1, fy, x0, x1, fx, mean_r, mean_g, mean_b, std_r, std_g,
+                            std_b, out);
+}
+
+// reference.preprocess, layout "nhwc_uint8": exact integers with weights in 1/2048,
+// (sum + 2^21) >> 22, RGB bytes.
+__global__ void preprocess_nhwc_u8(const unsigned char *frame, int src_w, int h, int w, const int *y0,
+                                   const int *y1, const int *qy, const int *x0, const int *x1, const int *qx,
+                                   unsigned char *out)
+{
+    const int dx = blockIdx.x * blockDim.x + threadIdx.x, dy = blockIdx.y * blockDim.y + threadIdx.y;
+    if (dx >= w || dy >= h)
+        return;
+    const unsigned char *top = frame + (size_t)y0[dy] * src_w * 3;
+    const unsigned char *bottom = frame + (size_t)y1[dy] * src_w * 3;
+    const int wy = qy[dy], wy0 = 2048 - wy, wx = qx[dx], wx0 = 2048 - wx;
+    const int left = 3 * x0[dx], right = 3 * x1[dx];
+    unsigned char *dst = out + ((size_t)dy * w + dx) * 3;
+    for (int c = 0; c < 3; c++) {
+        const int ch = 2 - c;
+        const int row_left = wy0 * top[left + ch] + wy * bottom[left + ch];
+        const int row_right = wy0 * top[right + ch] + wy * bottom[right + ch];
+        const int total = wx0 * row_left + wx * row_right;  // <= 255 * 2^22
+        dst[c] = (unsigned char)((total + (1 << 21)) >> 22);
+    }
+}
+
+__global__ void upsample_argmax_f32(const float *logits, int classes, int h, int w, int out_h, int out_w,
+                                    const int *y0, const int *y1, const float *fy, const int *x0, const int *x1,
+                                    const float *fx, unsigned char *labels)
+{
+    upsample_argmax_impl<float>(logits, classes, h, w, out_h, out_w, y0, y1, fy, x0, x1, fx, labels);
+}
+
+__global__ void upsample_argmax_f16(const __half *logits, int classes, int h, int w, int out_h, int out_w,
+                                    const int *y0, const int *y1, const float *fy, const int *x0, const int *x1,
+                                    const float *fx, unsigned char *labels)
+{
+    upsample_argmax_impl<__half>(logits, classes, h, w, out_h, out_w, y0, y1, fy, x0, x1, fx, labels);
+}
+
+__global__ void argmax_f32(const float *logits, int classes, int pixels, unsigned char *labels)
+{
+    argmax_impl<float>(logits, classes, pixels, labels);
+}
+
+__global__ void argmax_f16(const __half *logits, int classes, int pixels, unsigned char *labels)
+{
+    argmax_impl<__half>(logits, classes, pixels, labels);
+}
+
+// reference.blend: nearest label, ((256 - a) * frame + a * colour + 128) >> 8 with the RGB
+// palette applied as BGR; labels >= classes keep the frame pixel. out may be frame.
+__global__ void blend(const unsigned char *frame, int height, int width, const unsigned char *labels,
+                      int label_w, const int *label_rows, const int *label_cols, const unsigned char *palette_rgb,
+                      int classes, int weight, unsigned char *out)
+{
+    const int x = blockIdx.x * blockDim.x + threadIdx.x, y = blockIdx.y * blockDim.y + threadIdx.y;
+    if (x >= width || y >= height)
+        return;
+    const int label = labels[(size_t)label_rows[y] * label_w + label_cols[x]];
+    const size_t at = ((size_t)y * width + x) * 3;
+    for (int c = 0; c < 3; c++) {
+        const int pixel = frame[at + c];
+        out[at + c] = label < classes
+                          ? (unsigned char)(((256 - weight) * pixel + weight * palette_rgb[label * 3 + 2 - c] + 128) >> 8)
+                          : (unsigned char)pixel;
+    }
+}
+
+}  // extern "C"

@@ -1,0 +1,216 @@
+"""Parity metrics, the tolerance gate, and the export stage end to end on a tiny dataset."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+from onnx import numpy_helper
+
+from export import run as export_run
+from export.onnx_export import export_onnx, make_contract
+from export.verify import (ArtefactReport, ParityGateError, Sample, confusion_matrix, gate, labels_of, mean_iou,
+                           torch_reference, verify_artefact)
+from training.deployable import save_deployable
+from training.models import build_model
+from training.params import ExportTolerance
+
+INFO = {"classes": ["road", "car", "sky", "person", "tree"],
+        "palette": [[128, 64, 128], [0, 0, 142], [70, 130, 180], [220, 20, 60], [107, 142, 35]],
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "dataset": "synthetic", "sha256": "ef" * 32}
+SIZE = (64, 128)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """These nets are tiny; on a busy shared CPU, OpenMP threads waiting on each other cost far more."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def smooth_frame(rng, height=96, width=160) -> np.ndarray:
+    coarse = rng.uniform(0, 255, (6, 10, 3)).astype(np.float32)
+    return cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).clip(0, 255).astype(np.uint8)
+
+
+def samples(count: int, seed: int = 0) -> list[Sample]:
+    rng = np.random.default_rng(seed)
+    result = []
+    for _ in range(count):
+        frame = smooth_frame(rng)
+        label = (frame[:, :, 0] // 52).astype(np.uint8)
+        label[:5] = 255
+        result.append(Sample(frame, label))
+    return result
+
+
+# ---------------------------------------------------------------- metrics by hand
+
+def test_confusion_matrix_counts_and_skips_ignore():
+    pred = np.array([[0, 1, 1], [2, 2, 0]])
+    target = np.array([[0, 1, 2], [2, 255, 1]])
+    expected = np.array([[1, 0, 0],    # gt 0: predicted 0 once
+                         [1, 1, 0],    # gt 1: predicted 1 once, 0 once
+                         [0, 1, 1]])   # gt 2: predicted 1 once, 2 once; the 255 pixel is left out
+    np.testing.assert_array_equal(confusion_matrix(pred, target, 3), expected)
+
+
+def test_mean_iou_over_present_classes_in_percent():
+    confusion = np.array([[1, 0, 0, 0],
+                          [1, 1, 0, 0],
+                          [0, 1, 1, 0],
+                          [0, 0, 0, 0]])
+    # IoU: class 0 = 1/(1+2-1) = 1/2, class 1 = 1/(2+2-1) = 1/3, class 2 = 1/(2+1-1) = 1/2;
+    # class 3 appears nowhere and is left out of the mean.
+    assert mean_iou(confusion) == pytest.approx(100 * (1 / 2 + 1 / 3 + 1 / 2) / 3)
+    assert mean_iou(np.zeros((2, 2), np.int64)) == 0.0
+
+
+def test_labels_of_each_output_kind():
+    contract = make_contract(INFO, input_size=(4, 4), input_layout="nchw_float", output_kind="logits")
+    logits = np.zeros((1, 5, 4, 4), np.float32)
+    logits[0, 3, :2] = 1.0
+    logits[0, 1, 2:] = 1.0
+    expected = np.array([[3] * 4] * 2 + [[1] * 4] * 2, np.uint8)[None]
+    np.testing.assert_array_equal(labels_of(logits, contract), expected)
+
+    lowres = np.zeros((1, 5, 2, 2), np.float32)
+    lowres[0, 3, 0] = 1.0  # top row class 3, bottom row class 1: upsampled, the middle splits them
+    lowres[0, 1, 1] = 1.0
+    lowres_contract = make_contract(INFO, input_size=(4, 4), input_layout="nchw_float", output_kind="lowres_logits")
+    got = labels_of(lowres, lowres_contract)
+    assert got.dtype == np.uint8 and got.shape == (1, 4, 4)
+    np.testing.assert_array_equal(got[0, 0], [3, 3, 3, 3])
+    np.testing.assert_array_equal(got[0, 3], [1, 1, 1, 1])
+
+    labels_contract = make_contract(INFO, input_size=(4, 4), input_layout="nchw_float", output_kind="labels")
+    np.testing.assert_array_equal(labels_of(expected, labels_contract), expected)
+
+
+# ---------------------------------------------------------------- the gate
+
+def _report(**changes) -> ArtefactReport:
+    values = dict(path="models/export/m_int8.onnx", backend="onnxruntime", precision="int8", size_bytes=1,
+                  max_abs_logit_delta=0.1, label_agreement=0.97, miou=60.0, miou_torch=61.0, miou_delta=-1.0)
+    values.update(changes)
+    return ArtefactReport(**values)
+
+
+def test_gate_passes_within_tolerance():
+    assert gate(_report(), ExportTolerance()).passed is True
+
+
+def test_gate_fails_on_low_agreement_naming_artefact_value_and_tolerance():
+    report = _report(label_agreement=0.94)
+    with pytest.raises(ParityGateError, match=r"m_int8\.onnx.*0\.9400.*int8_label_agreement = 0\.95"):
+        gate(report, ExportTolerance())
+    assert report.passed is False
+
+
+@pytest.mark.parametrize("delta", [-1.6, 1.6])
+def test_gate_fails_on_miou_drift_either_way(delta):
+    with pytest.raises(ParityGateError, match=r"m_int8\.onnx.*int8_miou_delta = 1\.5"):
+        gate(_report(miou=61.0 + delta, miou_delta=delta), ExportTolerance())
+
+
+# ---------------------------------------------------------------- a real artefact
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("resnet18", 5).eval()
+
+
+def test_faithful_artefact_passes_and_corrupted_one_fails(model, tmp_path):
+    # Raw-byte input here; the stage test below covers the float layout.
+    contract = make_contract(INFO, input_size=SIZE, input_layout="nhwc_uint8", output_kind="lowres_logits")
+    path = export_onnx(model, contract, tmp_path / "m.onnx")
+    reference = torch_reference(model, contract, samples(3))
+
+    report = gate(verify_artefact(path, reference), ExportTolerance())
+    assert report.max_abs_logit_delta < 1e-4
+    assert report.label_agreement > 0.999 and abs(report.miou_delta) < 0.1
+
+    graph = onnx.load(str(path))
+    classifier = [node for node in graph.graph.node if node.op_type == "Conv"][-1]
+    bias = next(init for init in graph.graph.initializer if init.name == classifier.input[2])
+    values = numpy_helper.to_array(bias).copy()
+    rare_class = int(np.argmin(np.bincount(reference.predictions.ravel(), minlength=5)))
+    values[rare_class] += 1000.0  # that class now wins every pixel
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    broken = tmp_path / "broken.onnx"
+    onnx.save(graph, str(broken))
+
+    report = verify_artefact(broken, reference)
+    assert report.label_agreement < 0.5
+    with pytest.raises(ParityGateError, match=r"broken\.onnx agrees with PyTorch on 0\.\d+ of pixels"):
+        gate(report, ExportTolerance())
+
+
+# ---------------------------------------------------------------- the DVC stage
+
+@pytest.fixture
+def project(tmp_path, model, monkeypatch):
+    """A tiny project: 6 train / 3 val images in the Cityscapes layout, manifest, split lists, checkpoint."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(1)
+    pairs = {"train": [], "val": []}
+    for split, count in (("train", 6), ("val", 3)):
+        for folder in ("leftImg8bit", "gtFine"):
+            (tmp_path / "data/ds" / folder / split / "town").mkdir(parents=True)
+        for i in range(count):
+            frame = smooth_frame(rng)
+            image = f"data/ds/leftImg8bit/{split}/town/t_{i}_leftImg8bit.png"
+            label = f"data/ds/gtFine/{split}/town/t_{i}_gtFine_labelTrainIds.png"
+            cv2.imwrite(image, frame)
+            cv2.imwrite(label, (frame[:, :, 0] // 52).astype(np.uint8))
+            pairs[split].append([image, label])
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    (tmp_path / "data/prepared/manifest.json").write_text(json.dumps({"dataset": "synthetic", "root": "data/ds", **pairs}))
+    (tmp_path / "data/splits").mkdir()
+    (tmp_path / "data/splits/labeled.txt").write_text("".join(f"{i} {l}\n" for i, l in pairs["train"][:2]))
+    (tmp_path / "data/splits/unlabeled.txt").write_text("".join(f"{i} {l}\n" for i, l in pairs["train"][2:]))
+    save_deployable("models/gen_student.pt", model, classes=INFO["classes"], palette=INFO["palette"],
+                    mean=INFO["mean"], std=INFO["std"], dataset="synthetic", method="stpg", iteration=1)
+    return tmp_path
+
+
+def _write_params(export: dict) -> None:
+    base = {"input_size": list(SIZE), "calibration_images": 4, "verify_images": 3, "tensorrt": "auto"}
+    with open("params.yaml", "w") as fh:
+        yaml.safe_dump({"export": {**base, **export}}, fh)
+
+
+def test_stage_writes_verified_artefacts_and_metrics(project):
+    _write_params({"precisions": ["fp32", "int8"], "tolerance": {"int8_label_agreement": 0.8}})
+    export_run.entry([])
+    out = project / "models/export"
+    assert sorted(p.name for p in out.iterdir()) == ["gen_student.onnx", "gen_student.ts", "gen_student_int8.onnx"]
+    assert not list((project / "models").glob(".export-staging-*"))
+    metrics = json.loads((project / "metrics/export.json").read_text())
+    assert set(metrics["artefacts"]) == {"onnx_fp32", "onnx_int8", "torchscript_fp32"}
+    int8 = metrics["artefacts"]["onnx_int8"]
+    assert int8["path"] == "models/export/gen_student_int8.onnx" and int8["precision"] == "int8"
+    assert int8["size_bytes"] == (out / "gen_student_int8.onnx").stat().st_size
+    assert int8["passed"] is True and int8["miou_delta"] == pytest.approx(int8["miou"] - int8["miou_torch"])
+    assert metrics["artefacts"]["onnx_fp32"]["max_abs_logit_delta"] < 1e-4
+    assert metrics["calibration_images"] == 4 and metrics["verify_images"] == 3
+    assert metrics["tensorrt"]["status"] in ("skipped", "built")
+
+
+def test_stage_gate_failure_exits_2_and_writes_nothing(project, capsys):
+    _write_params({"precisions": ["fp32"], "tolerance": {"fp32_label_agreement": 1.5}})
+    with pytest.raises(SystemExit) as exit_info:
+        export_run.entry([])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "models/export/gen_student.onnx" in err[0] and "fp32_label_agreement = 1.5" in err[0]
+    assert not (project / "models/export").exists()
+    assert not list((project / "models").glob(".export-staging-*"))
+    assert not (project / "metrics/export.json").exists()
