@@ -21,10 +21,22 @@ class DeployableError(ValueError):
     """The file is not a deployable model of this project version."""
 
 
-def save_deployable(path: str | Path, model: torch.nn.Module, *, classes, palette, mean, std,
-                    dataset: str, method: str, iteration: int) -> None:
+def save_atomic(payload, path: str | Path) -> None:
+    """torch.save to a temp name, then rename: an interrupted save never leaves a valid-looking file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_deployable(path: str | Path, model: torch.nn.Module, *, classes, palette, mean, std,
+                    dataset: str, method: str, iteration: int) -> None:
     payload = {
         "format": FORMAT,
         "model_config": dict(model.config),
@@ -37,14 +49,7 @@ def save_deployable(path: str | Path, model: torch.nn.Module, *, classes, palett
         "method": method,
         "iteration": int(iteration),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_atomic(payload, path)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -18,20 +18,12 @@ from export.verify import (ArtefactReport, ParityGateError, Sample, confusion_ma
 from training.deployable import save_deployable
 from training.models import build_model
 from training.params import ExportTolerance
-
-INFO = {"classes": ["road", "car", "sky", "person", "tree"],
-        "palette": [[128, 64, 128], [0, 0, 142], [70, 130, 180], [220, 20, 60], [107, 142, 35]],
-        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "dataset": "synthetic", "sha256": "ef" * 32}
-SIZE = (64, 128)
+from tests.export.fixtures import SIZE, model_info
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These nets are tiny; on a busy shared CPU, OpenMP threads waiting on each other cost far more."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+INFO = model_info("ef")
+
+
 
 
 def smooth_frame(rng, height=96, width=160) -> np.ndarray:
