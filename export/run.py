@@ -160,7 +160,7 @@ def run(params_path: str, manifest_path: str, metrics_path: str) -> dict:
                 failures.append(exc)
             reports[key] = report.to_json()
             print(f"{key:18s} {report.size_bytes / 1e6:7.1f} MB  agreement {report.label_agreement:.4f}  "
-                  f"mIoU {report.miou:6.2f} (torch {report.miou_torch:6.2f})  "
+                  f"mIoU {100 * report.miou:6.2f} (torch {100 * report.miou_torch:6.2f})  "
                   f"{'ok' if report.passed else 'FAILED'}")
         if failures:
             raise failures[0]

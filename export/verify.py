@@ -19,9 +19,7 @@ from export.onnx_export import ExportError
 from runtime import ops
 from runtime.contract import ModelContract
 from runtime.engines import open_engine
-
-IGNORE = 255
-
+from runtime.scoring import confusion_matrix, mean_iou
 
 class ParityGateError(ExportError):
     """An artefact drifted from the PyTorch model beyond the tolerance."""
@@ -31,24 +29,6 @@ class ParityGateError(ExportError):
 class Sample:
     frame_bgr: np.ndarray  # uint8 HxWx3 as a camera delivers it, any size
     label: np.ndarray  # train ids uint8 HxW, 255 = ignore
-
-
-def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
-    """(K, K) int64 counts, rows = ground truth, columns = prediction; ignore pixels left out."""
-    pred, target = pred.reshape(-1).astype(np.int64), target.reshape(-1).astype(np.int64)
-    keep = target != IGNORE
-    index = target[keep] * num_classes + pred[keep]
-    return np.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def mean_iou(confusion: np.ndarray) -> float:
-    """mIoU in percent over the classes that occur in the ground truth or the prediction."""
-    tp = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    present = union > 0
-    if not present.any():
-        return 0.0
-    return float(100.0 * np.mean(tp[present] / union[present]))
 
 
 def labels_of(output: np.ndarray, contract: ModelContract) -> np.ndarray:
@@ -111,6 +91,8 @@ def torch_reference(model: torch.nn.Module, contract: ModelContract, samples: Se
         predictions.append(logits[0].argmax(0).numpy().astype(np.uint8))
     labels, predictions = np.stack(labels), np.stack(predictions)
     confusion = confusion_matrix(predictions, labels, contract.num_classes)
+    if not confusion.any():
+        raise ExportError("the verification images hold no labelled pixel; check the val labels and data.root")
     frames = [sample.frame_bgr for sample in samples]
     return Reference(frames, labels, outputs, predictions, mean_iou(confusion), contract.num_classes)
 
@@ -123,9 +105,9 @@ class ArtefactReport:
     size_bytes: int
     max_abs_logit_delta: float | None
     label_agreement: float
-    miou: float
+    miou: float  # fraction, as every stored mIoU
     miou_torch: float
-    miou_delta: float  # artefact minus PyTorch, mIoU points
+    miou_delta_points: float  # artefact minus PyTorch, in points like export.tolerance.*_miou_delta
     passed: bool | None = None
 
     def to_json(self) -> dict:
@@ -151,7 +133,7 @@ def verify_artefact(path: str | Path, reference: Reference, *, backend: str = "a
         path=str(path), backend=backend_name, precision=contract.precision, size_bytes=path.stat().st_size,
         max_abs_logit_delta=None if contract.output_kind == "labels" else max_delta,
         label_agreement=float(np.mean(predictions == reference.predictions)),
-        miou=miou, miou_torch=reference.miou, miou_delta=miou - reference.miou)
+        miou=miou, miou_torch=reference.miou, miou_delta_points=100 * (miou - reference.miou))
 
 
 def gate(report: ArtefactReport, tolerance) -> ArtefactReport:
@@ -167,10 +149,10 @@ def gate(report: ArtefactReport, tolerance) -> ArtefactReport:
         raise ParityGateError(
             f"export gate failed: {report.path} agrees with PyTorch on {report.label_agreement:.4f} of pixels, "
             f"below export.tolerance.{report.precision}_label_agreement = {min_agreement}")
-    if abs(report.miou_delta) > max_miou_delta:
+    if abs(report.miou_delta_points) > max_miou_delta:
         raise ParityGateError(
-            f"export gate failed: {report.path} mIoU {report.miou:.2f} vs PyTorch {report.miou_torch:.2f} "
-            f"(delta {report.miou_delta:+.2f} points) exceeds export.tolerance.{report.precision}_miou_delta = "
+            f"export gate failed: {report.path} mIoU {100 * report.miou:.2f} vs PyTorch {100 * report.miou_torch:.2f} "
+            f"(delta {report.miou_delta_points:+.2f} points) exceeds export.tolerance.{report.precision}_miou_delta = "
             f"{max_miou_delta}")
     report.passed = True
     return report

@@ -28,12 +28,12 @@ from runtime.contract import ContractError  # noqa: E402
 from runtime.engines import BACKEND_BY_SUFFIX, BACKENDS, EngineError, open_engine  # noqa: E402
 from runtime.ops import OpsInputError  # noqa: E402
 from runtime.pipeline import GLASS_TO_GLASS, STAGES, Processor, abort_sinks, run_pipeline  # noqa: E402
+from runtime.scoring import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
 from runtime.video import (LabelSink, NullSink, Sink, SinkError, SourceError, VideoSink, labels_path,  # noqa: E402
                            make_output_folder, open_source, temp_file_in)
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-IGNORE_LABEL = 255
 THREADED_BACKENDS = ("onnxruntime", "torch")
 
 
@@ -42,30 +42,6 @@ class GroundTruthError(ValueError):
 
 
 # ------------------------------------------------------------------------------ scoring
-
-
-def confusion_matrix(predicted: np.ndarray, truth: np.ndarray, num_classes: int,
-                     ignore: int = IGNORE_LABEL) -> np.ndarray:
-    """(K, K) int64 counts, rows = true class, columns = predicted; `ignore` and ids >= K skipped."""
-    truth = truth.reshape(-1).astype(np.int64)
-    predicted = predicted.reshape(-1).astype(np.int64)
-    valid = (truth != ignore) & (truth < num_classes) & (predicted < num_classes)
-    pairs = truth[valid] * num_classes + predicted[valid]
-    return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def iou_per_class(confusion: np.ndarray) -> np.ndarray:
-    """TP / (TP + FP + FN) per class; NaN for a class neither present nor predicted."""
-    true_positive = np.diag(confusion).astype(np.float64)
-    union = confusion.sum(axis=0) + confusion.sum(axis=1) - true_positive
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(union > 0, true_positive / union, np.nan)
-
-
-def mean_iou(confusion: np.ndarray) -> float:
-    """Mean over the classes that occur (NaN-mean); NaN when no pixel was scored."""
-    ious = iou_per_class(confusion)
-    return float(np.nanmean(ious)) if np.isfinite(ious).any() else math.nan
 
 
 class GroundTruthScorer(Sink):
@@ -148,7 +124,7 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{stage:<16}{ms(row['p50'])}{ms(row['p90'])}{ms(row['p99'])}")
     if "miou" in summary:
         miou = summary["miou"]
-        lines.append(f"mIoU {'-' if miou is None else f'{miou:.4f}'} over {summary['frames_scored']} labelled frames")
+        lines.append(f"mIoU {'-' if miou is None else f'{100 * miou:.2f}'} over {summary['frames_scored']} labelled frames")
     return "\n".join(lines)
 
 

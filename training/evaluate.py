@@ -3,7 +3,6 @@ per-class IoU and mIoU; the `evaluate` / `evaluate_baseline` DVC stages."""
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from runtime.scoring import iou_per_class, mean_iou
 from training import cli, params
 from training.data import datasets
 from training.data.loaders import EvalDataset
@@ -53,14 +53,9 @@ def whole_image_logits(model, image: torch.Tensor, crop=None, num_classes=None) 
 
 def iou_from_confusion(confusion: np.ndarray) -> tuple[np.ndarray, float, float]:
     """Per-class IoU (NaN for classes absent from both GT and prediction), mIoU, pixel accuracy."""
-    confusion = confusion.astype(np.float64)
-    diagonal = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - diagonal
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = np.where(union > 0, diagonal / union, np.nan)
     total = confusion.sum()
-    miou = float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
-    return iou, miou, float(diagonal.sum() / total) if total else float("nan")
+    pixel_acc = float(np.trace(confusion) / total) if total else float("nan")
+    return iou_per_class(confusion), mean_iou(confusion), pixel_acc
 
 
 @torch.no_grad()
@@ -92,15 +87,9 @@ def write_results(result: dict, classes, metrics_path, plot_path) -> None:
         "pixel_acc": _finite(result["pixel_acc"]),
         "per_class_iou": {name: _finite(v) for name, v in zip(classes, result["per_class_iou"])},
     })
-    plot_path = Path(plot_path)
-    plot_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plot_path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["class", "iou"])
-        for name, value in zip(classes, result["per_class_iou"]):
-            writer.writerow([name, 0.0 if not np.isfinite(value) else round(float(value), 6)])
-    tmp.replace(plot_path)
+    rows = [f"{name},{0.0 if not np.isfinite(v) else round(float(v), 6)}\n"
+            for name, v in zip(classes, result["per_class_iou"])]
+    datasets.write_text_atomic(plot_path, "class,iou\n" + "".join(rows))
 
 
 def main(argv=None) -> None:

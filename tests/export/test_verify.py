@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 from export import run as export_run
 from export.onnx_export import export_onnx, make_contract
-from export.verify import (ArtefactReport, ParityGateError, Sample, confusion_matrix, gate, labels_of, mean_iou,
+from export.verify import (ArtefactReport, ParityGateError, Sample, gate, labels_of,
                            torch_reference, verify_artefact)
 from training.deployable import save_deployable
 from training.models import build_model
@@ -42,54 +42,11 @@ def samples(count: int, seed: int = 0) -> list[Sample]:
     return result
 
 
-# ---------------------------------------------------------------- metrics by hand
-
-def test_confusion_matrix_counts_and_skips_ignore():
-    pred = np.array([[0, 1, 1], [2, 2, 0]])
-    target = np.array([[0, 1, 2], [2, 255, 1]])
-    expected = np.array([[1, 0, 0],    # gt 0: predicted 0 once
-                         [1, 1, 0],    # gt 1: predicted 1 once, 0 once
-                         [0, 1, 1]])   # gt 2: predicted 1 once, 2 once; the 255 pixel is left out
-    np.testing.assert_array_equal(confusion_matrix(pred, target, 3), expected)
-
-
-def test_mean_iou_over_present_classes_in_percent():
-    confusion = np.array([[1, 0, 0, 0],
-                          [1, 1, 0, 0],
-                          [0, 1, 1, 0],
-                          [0, 0, 0, 0]])
-    # IoU: class 0 = 1/(1+2-1) = 1/2, class 1 = 1/(2+2-1) = 1/3, class 2 = 1/(2+1-1) = 1/2;
-    # class 3 appears nowhere and is left out of the mean.
-    assert mean_iou(confusion) == pytest.approx(100 * (1 / 2 + 1 / 3 + 1 / 2) / 3)
-    assert mean_iou(np.zeros((2, 2), np.int64)) == 0.0
-
-
-def test_labels_of_each_output_kind():
-    contract = make_contract(INFO, input_size=(4, 4), input_layout="nchw_float", output_kind="logits")
-    logits = np.zeros((1, 5, 4, 4), np.float32)
-    logits[0, 3, :2] = 1.0
-    logits[0, 1, 2:] = 1.0
-    expected = np.array([[3] * 4] * 2 + [[1] * 4] * 2, np.uint8)[None]
-    np.testing.assert_array_equal(labels_of(logits, contract), expected)
-
-    lowres = np.zeros((1, 5, 2, 2), np.float32)
-    lowres[0, 3, 0] = 1.0  # top row class 3, bottom row class 1: upsampled, the middle splits them
-    lowres[0, 1, 1] = 1.0
-    lowres_contract = make_contract(INFO, input_size=(4, 4), input_layout="nchw_float", output_kind="lowres_logits")
-    got = labels_of(lowres, lowres_contract)
-    assert got.dtype == np.uint8 and got.shape == (1, 4, 4)
-    np.testing.assert_array_equal(got[0, 0], [3, 3, 3, 3])
-    np.testing.assert_array_equal(got[0, 3], [1, 1, 1, 1])
-
-    labels_contract = make_contract(INFO, input_size=(4, 4), input_layout="nchw_float", output_kind="labels")
-    np.testing.assert_array_equal(labels_of(expected, labels_contract), expected)
-
-
 # ---------------------------------------------------------------- the gate
 
 def _report(**changes) -> ArtefactReport:
     values = dict(path="models/export/m_int8.onnx", backend="onnxruntime", precision="int8", size_bytes=1,
-                  max_abs_logit_delta=0.1, label_agreement=0.97, miou=60.0, miou_torch=61.0, miou_delta=-1.0)
+                  max_abs_logit_delta=0.1, label_agreement=0.97, miou=0.60, miou_torch=0.61, miou_delta_points=-1.0)
     values.update(changes)
     return ArtefactReport(**values)
 
@@ -108,7 +65,7 @@ def test_gate_fails_on_low_agreement_naming_artefact_value_and_tolerance():
 @pytest.mark.parametrize("delta", [-1.6, 1.6])
 def test_gate_fails_on_miou_drift_either_way(delta):
     with pytest.raises(ParityGateError, match=r"m_int8\.onnx.*int8_miou_delta = 1\.5"):
-        gate(_report(miou=61.0 + delta, miou_delta=delta), ExportTolerance())
+        gate(_report(miou=0.61 + delta / 100, miou_delta_points=delta), ExportTolerance())
 
 
 # ---------------------------------------------------------------- a real artefact
@@ -127,7 +84,7 @@ def test_faithful_artefact_passes_and_corrupted_one_fails(model, tmp_path):
 
     report = gate(verify_artefact(path, reference), ExportTolerance())
     assert report.max_abs_logit_delta < 1e-4
-    assert report.label_agreement > 0.999 and abs(report.miou_delta) < 0.1
+    assert report.label_agreement > 0.999 and abs(report.miou_delta_points) < 0.1
 
     graph = onnx.load(str(path))
     classifier = [node for node in graph.graph.node if node.op_type == "Conv"][-1]
@@ -190,7 +147,7 @@ def test_stage_writes_verified_artefacts_and_metrics(project):
     int8 = metrics["artefacts"]["onnx_int8"]
     assert int8["path"] == "models/export/gen_student_int8.onnx" and int8["precision"] == "int8"
     assert int8["size_bytes"] == (out / "gen_student_int8.onnx").stat().st_size
-    assert int8["passed"] is True and int8["miou_delta"] == pytest.approx(int8["miou"] - int8["miou_torch"])
+    assert int8["passed"] is True and int8["miou_delta_points"] == pytest.approx(100 * (int8["miou"] - int8["miou_torch"]))
     assert metrics["artefacts"]["onnx_fp32"]["max_abs_logit_delta"] < 1e-4
     assert metrics["calibration_images"] == 4 and metrics["verify_images"] == 3
     assert metrics["tensorrt"]["status"] in ("skipped", "built")
