@@ -29,7 +29,11 @@ def project_copy(tmp_path):
         shutil.copy2(ROOT / rel, dest / rel)
     for built in ROOT.glob("runtime/ops/*.so"):  # the C extension built by `pip install -e .`
         shutil.copy2(built, dest / built.relative_to(ROOT))
+    # A committed repo like a fresh clone (dvclive refuses a repo without commits).
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run(["git", "-c", "user.name=tests", "-c", "user.email=tests@localhost", "commit", "-qm", "copy"],
+                   cwd=dest, check=True)
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                PYTHONPATH=str(dest), DVC_NO_ANALYTICS="1")
 

@@ -1,5 +1,6 @@
 """End-to-end: the DVC stages run in a temporary copy of the project with tiny parameters."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -31,3 +32,55 @@ def test_bad_params_fail_with_one_line(project_copy):
     result = project_copy("python", "-m", "training.split", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == ["error: params: unknown key split.labeled_ratoi (known: given_labeled, given_unlabeled, labeled_ratio, out_dir, seed, stratify)"]
+
+
+def test_given_labeled_list_outside_the_prepared_set_is_refused(project_copy):
+    project_copy.set_params("data", **TINY_DATA)
+    project_copy("dvc", "repro", "prepare")
+    manifest = json.loads((project_copy.root / "data/prepared/manifest.json").read_text())
+    val_pair = [str(Path(path).relative_to(manifest["root"])) for path in manifest["val"][0]]
+    (project_copy.root / "given.txt").write_text(" ".join(val_pair) + "\n")  # exists, but is no train image
+    project_copy.set_params("split", given_labeled="given.txt")
+    result = project_copy("python", "-m", "training.split", check=False)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "split.given_labeled" in line and "not in the prepared train set" in line
+    assert not (project_copy.root / "data/splits/labeled.txt").exists()
+
+
+def test_whole_chain_reproduces_with_tiny_params(project_copy):
+    """`dvc repro` from data to benchmark: every stage's outputs exist and hold sane values."""
+    project_copy.set_params("data", **TINY_DATA)
+    project_copy.set_params("split", labeled_ratio=4)
+    project_copy.set_params("train", iters=4, batch_size=2, crop=[32, 32], scales=[1.0], checkpoint_every=2,
+                            eval_every=2, log_every=1, workers=0,
+                            stpg=dict(memory_start_epoch=0, contrast_start_epoch=0, proximity_start_epoch=0))
+    project_copy.set_params("evaluate", crop=[64, 64])
+    # a 4-iteration model has no stable argmax, so only the fp32 gate is meaningful here
+    project_copy.set_params("export", input_size=[64, 128], precisions=["fp32", "int8"], calibration_images=2,
+                            verify_images=2, tolerance=dict(int8_label_agreement=0.0, int8_miou_delta=100.0))
+    project_copy.set_params("benchmark", warmup=1, iters=2, frames=4, threads=1)
+    project_copy("dvc", "repro")
+    root = project_copy.root
+    read = lambda rel: json.loads((root / rel).read_text())  # noqa: E731
+
+    for rel in ("metrics/eval.json", "metrics/eval_baseline.json"):
+        metrics = read(rel)
+        assert 0.0 <= metrics["miou"] <= 1.0 and len(metrics["per_class_iou"]) == 19
+    assert (root / "plots/eval_per_class_iou.csv").read_text().splitlines()[0] == "class,iou"
+    assert sorted(p.name for p in (root / "checkpoints/train").iterdir()) == ["last.pt"]
+
+    export = read("metrics/export.json")
+    assert export["tensorrt"]["status"] == "skipped"
+    assert (root / "models/export/gen_student.onnx").exists() and (root / "models/export/gen_student_int8.onnx").exists()
+
+    demo = read("metrics/segment_demo.json")
+    assert demo["frames_out"] == TINY_DATA["synthetic"]["video_frames"] and demo["dropped"] == 0
+    assert 0.0 <= demo["miou"] <= 1.0
+    assert (root / "outputs/demo_overlay.mp4").stat().st_size > 0
+
+    bench = read("metrics/benchmark.json")
+    assert {"model", "ops", "e2e"} <= set(bench)
+    assert set(bench["model"]) == {"gen_student", "gen_student_int8"}  # every exported precision
+    assert (root / "outputs/benchmark.png").stat().st_size > 0
+    assert "up to date" in project_copy("dvc", "status").stdout

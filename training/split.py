@@ -2,21 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from training import cli, params
 from training.data import datasets, splits
-
-
-def _write_list(path: Path, pairs) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.writelines(f"{image} {label}\n" for image, label in pairs)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> None:
@@ -42,7 +33,12 @@ def main(argv=None) -> None:
             taken = set(labeled)
             unlabeled = [p for p in pool if p not in taken]
         index = {p: i for i, p in enumerate(pool)}
-        lab_idx = np.array([index[p] for p in labeled if p in index], dtype=np.int64)
+        outside = [image for image, label in labeled if (image, label) not in index]
+        if outside:
+            raise datasets.DatasetError(
+                f"split.given_labeled: {len(outside)} images are not in the prepared train set "
+                f"(first: {outside[0]}); run `prepare` on the dataset root the list was written for")
+        lab_idx = np.array([index[p] for p in labeled], dtype=np.int64)
     else:
         lab_idx = None
 
@@ -55,8 +51,8 @@ def main(argv=None) -> None:
 
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _write_list(out / "labeled.txt", labeled)
-    _write_list(out / "unlabeled.txt", unlabeled)
+    for name, pairs in (("labeled.txt", labeled), ("unlabeled.txt", unlabeled)):
+        datasets.write_text_atomic(out / name, "".join(f"{image} {label}\n" for image, label in pairs))
 
     freq_all = splits.pixel_frequency(histograms)
     freq_lab = splits.pixel_frequency(histograms[lab_idx]) if len(lab_idx) else np.zeros_like(freq_all)

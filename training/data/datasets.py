@@ -190,14 +190,22 @@ def portable(path: Path) -> str:
         return str(path.resolve())
 
 
-def write_json_atomic(path: str | Path, payload) -> None:
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Readers (DVC, a resumed stage) never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_json_atomic(path: str | Path, payload) -> None:
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
 
 
 def write_manifest(path: str | Path, dataset: str, root: str | Path,
