@@ -181,6 +181,50 @@ def test_offline_run_keeps_every_frame_in_order():
     assert [frame.index for frame in finished] == list(range(40))
 
 
+def owner(array):
+    while array.base is not None:
+        array = array.base
+    return array
+
+
+class KeepingEngine(TracingEngine):
+    """Also keeps every input tensor's owning array alive, so identities cannot be recycled by
+    the allocator: only the pipeline can hand the same buffer out twice."""
+
+    def __init__(self):
+        super().__init__(delay_s=0.001)
+        self.inputs = []
+
+    def infer(self, batch):
+        self.inputs.append(owner(batch))
+        return super().infer(batch)
+
+
+class CheckingSink(RecordingSink):
+    """Checks at write time that the overlay is its own frame's, as a fresh render draws it."""
+
+    def __init__(self, processor):
+        super().__init__()
+        self.processor, self.overlays, self.mismatches = processor, [], []
+
+    def write(self, index, overlay, labels):
+        frame = np.full((*SIZE_HW, 3), index, np.uint8)
+        if not np.array_equal(overlay, self.processor.render(frame, np.full(SIZE_HW, index, np.uint8))):
+            self.mismatches.append(index)
+        self.overlays.append(owner(overlay))
+        super().write(index, overlay, labels)
+
+
+def test_stream_reuses_its_buffers_without_mixing_frames():
+    engine = KeepingEngine()
+    processor = Processor(engine)
+    sink = CheckingSink(processor)
+    run_pipeline(frames(60), processor, [sink], queue_size=2)
+    assert [label for _, label, _ in sink.written] == list(range(60)) and sink.mismatches == []
+    # at most the frames in flight at once get their own buffer, not one per frame
+    assert len({id(a) for a in engine.inputs}) <= 2 + 4 and len({id(a) for a in sink.overlays}) <= 2 + 4
+
+
 def test_per_stage_timestamps_follow_the_frame_through_the_stages():
     finished = []
     run_pipeline(frames(10), Processor(TracingEngine(delay_s=0.001)), [RecordingSink()], on_frame=finished.append)
