@@ -73,6 +73,13 @@ def test_onnxruntime_engine_reads_contract_and_runs(tmp_path):
     assert info["threads"] == 1 and info["precision"] == "fp32"
 
 
+def test_onnxruntime_workers_sleep_between_inferences(tmp_path):
+    with open_engine(tiny_onnx(tmp_path / "m.onnx")) as engine:
+        options = engine.session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+
+
 def test_fixed_batch_graph_runs_a_larger_batch_in_steps(tmp_path):
     path = tiny_onnx(tmp_path / "m.onnx", batch=1)
     batch = np.random.default_rng(1).standard_normal((3, 3, 4, 6)).astype(np.float32)
