@@ -232,10 +232,10 @@ class Trainer:
                 if validating and self.dist.is_main:
                     history["val/miou"] = self.validate()
                     bar.write(f"iteration {done}: val mIoU {100 * history['val/miou']:.2f}")
-                if live is not None:
+                if live is not None:  # logged under the number of iterations done
+                    live.step = done
                     for name, value in history.items():
                         live.log_metric(name, value)
-                    live.step = done
                     live.next_step()
             if done % cfg.checkpoint_every == 0 or done == end:
                 self.save_checkpoint(done)

@@ -48,6 +48,14 @@ def test_methods_train_and_losses_are_finite(tmp_path, tiny, method):
     assert {k.split("/")[1] for k in history if k.startswith("train/")} >= expected | {"loss", "lr"}
 
 
+def test_dvclive_rows_carry_the_iteration_count(tmp_path, tiny):
+    manifest, labeled, unlabeled = tiny
+    cfg = tiny_cfg(tmp_path, method="supervised", iters=4, log_every=2)
+    Trainer(cfg, MODEL, manifest, labeled, unlabeled, live_dir=str(tmp_path / "live"), progress=False).fit()
+    rows = (tmp_path / "live/plots/metrics/train/loss.tsv").read_text().splitlines()
+    assert [row.split("\t")[0] for row in rows] == ["step", "2", "4"]
+
+
 def test_resume_is_exact(tmp_path, tiny):
     straight = trainer(tmp_path / "a", tiny)
     straight.fit()
