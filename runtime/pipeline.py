@@ -149,12 +149,13 @@ class _Recycler:
     def __init__(self, keep: int):
         self._spare: collections.deque[np.ndarray] = collections.deque(maxlen=keep)  # thread-safe ends
 
-    def take(self, shape: tuple[int, ...]) -> np.ndarray | None:
+    def take(self, shape: tuple[int, ...] | None = None) -> np.ndarray | None:
+        """A spare array (of `shape`, where given), or None: the caller allocates."""
         try:
             array = self._spare.pop()
         except IndexError:
             return None
-        return array if array.shape == shape else None
+        return array if shape is None or array.shape == shape else None
 
     def give(self, array: np.ndarray | None) -> None:
         if array is not None:
@@ -189,7 +190,6 @@ class _Run:
         self.queues = [queue.Queue(maxsize=1 if realtime else queue_size) for _ in range(4)]
         # Enough spares for every frame that can be in flight between taking and giving back.
         self.batches, self.overlays = _Recycler(queue_size + 4), _Recycler(queue_size + 4)
-        self.batch_shape: tuple[int, ...] | None = None
 
     def _get(self, q: queue.Queue):
         while True:
@@ -262,9 +262,8 @@ class _Run:
 
     def preprocess(self) -> None:
         def work(frame: Frame) -> None:
-            spare = self.batches.take(self.batch_shape) if self.batch_shape else None
-            frame.batch = self.processor.preprocess(frame.image, out=spare)
-            self.batch_shape = frame.batch.shape[1:]
+            # every input tensor has the contract's shape, whatever the frame size
+            frame.batch = self.processor.preprocess(frame.image, out=self.batches.take())
 
         self._stage("preprocess", work, self.queues[0], self.queues[1], evict=self.realtime)
 
