@@ -73,7 +73,7 @@ def test_fp32_logits_match_torch(model, exported, kind):
         got = engine.infer(x)
     assert got.dtype == np.float32
     assert got.shape == ((2, 5, 64, 128) if kind == "logits" else (2, 5, 16, 32))
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-5)  # float32, other summation order
 
 
 def test_in_graph_argmax_gives_uint8_labels(model, exported):
@@ -105,7 +105,7 @@ def test_raw_byte_input_matches_normalised_float_input(exported):
     with open_engine(bytes_path) as engine:
         assert engine.session.get_inputs()[0].type == "tensor(uint8)"
         from_bytes = engine.infer(images)
-    np.testing.assert_allclose(from_bytes, from_float, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(from_bytes, from_float, atol=1e-4, rtol=1e-5)
 
 
 def test_opset_below_17_is_refused(model, tmp_path):
@@ -124,7 +124,8 @@ def test_torchscript_artefact_carries_contract_and_matches(model, tmp_path):
         expected = DeployWrapper.for_contract(model, contract)(torch.from_numpy(images)).numpy()
     with open_engine(path) as engine:
         assert engine.contract == contract
-        np.testing.assert_allclose(engine.infer(images), expected, atol=1e-5, rtol=0)
+        # float32 logits from another summation order / thread count: a few ulps of their magnitude
+        np.testing.assert_allclose(engine.infer(images), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_example_input_follows_layout():
