@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from training.data import datasets, synthetic
+from training.data.synthetic import camera, writer
 from training.data.cityscapes import CLASSES, label_ids_to_train_ids
 from training.params import ParamsError, SyntheticParams
 
@@ -28,8 +29,8 @@ def sample():
 # ---------------------------------------------------------------- geometry rules
 
 def test_projection_follows_the_pinhole_model_and_the_camera_moving_forward():
-    cam = synthetic._Camera(focal=100.0, cx=50.0, horizon=40.0, height=1.5, x=0.0)
-    painter = synthetic._Painter(cam, 80, 100, {"-x": 1.0, "+x": 1.0, "-z": 1.0, "+y": 1.0})
+    cam = camera._Camera(focal=100.0, cx=50.0, horizon=40.0, height=1.5, x=0.0)
+    painter = camera._Painter(cam, 80, 100, {"-x": 1.0, "+x": 1.0, "-z": 1.0, "+y": 1.0})
     points = np.array([(2.0, 0.0, 10.0), (2.0, 0.0, 20.0)])
     # u = 50 + 100 * 2 / z, v = 40 + 100 * 1.5 / z, in 1/16 pixel fixed point
     assert painter.project(points).tolist() == [[70 * 16, 55 * 16], [60 * 16, 47.5 * 16]]
@@ -39,10 +40,10 @@ def test_projection_follows_the_pinhole_model_and_the_camera_moving_forward():
 
 def test_polygons_are_clipped_at_the_near_plane():
     square = np.array([(0, 0, -1), (1, 0, -1), (1, 0, 1), (0, 0, 1)], float)
-    clipped = synthetic._clip_near(square, 0.5)
+    clipped = camera._clip_near(square, 0.5)
     assert clipped.tolist() == [[1, 0, 0.5], [1, 0, 1], [0, 0, 1], [0, 0, 0.5]]
-    assert len(synthetic._clip_near(square, 2.0)) == 0
-    assert synthetic._clip_near(square, -1.0) is square
+    assert len(camera._clip_near(square, 2.0)) == 0
+    assert camera._clip_near(square, -1.0) is square
 
 
 def test_sample_names_follow_the_cityscapes_pattern_and_cycle_through_the_cities():
@@ -143,7 +144,7 @@ def test_images_do_not_depend_on_how_many_are_generated(tmp_path):
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="the process pool needs two cores")
 def test_process_pool_writes_the_same_bytes_as_one_process(tmp_path, monkeypatch):
     synthetic.write_dataset(tmp_path / "serial", TINY)
-    monkeypatch.setattr(synthetic, "_POOL_MIN", 1)
+    monkeypatch.setattr(writer, "_POOL_MIN", 1)
     synthetic.write_dataset(tmp_path / "pooled", TINY)
     for name in _files(tmp_path / "serial"):
         if name.startswith(("leftImg8bit", "gtFine")):
@@ -166,7 +167,7 @@ def test_an_interrupted_run_leaves_the_previous_dataset_and_no_partial_one(tmp_p
     def fail(*_):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(synthetic, "write_video", fail)
+    monkeypatch.setattr(writer, "write_video", fail)
     with pytest.raises(KeyboardInterrupt):
         synthetic.write_dataset(root, dataclasses.replace(TINY, num_train=8))
     assert _files(root) == before
