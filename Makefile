@@ -24,7 +24,7 @@ demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
 
 bench: $(STAMP)
-	$(BIN)/python -m runtime.benchmark
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,7 +19,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from runtime import benchmark  # noqa: E402
+from bench import measure, report  # noqa: E402
 from runtime.contract import ModelContract  # noqa: E402
 from runtime.pipeline import GLASS_TO_GLASS, STAGES  # noqa: E402
 
@@ -64,7 +64,7 @@ def inputs(tmp_path_factory):
 
 
 def run_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "runtime.benchmark", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=240)
 
 
@@ -86,7 +86,7 @@ def test_full_run_writes_every_output(inputs, tmp_path):
         assert set(record) == STAT_KEYS | {"intra_op_threads"}
         assert record["iters"] == 3 and record["intra_op_threads"] == 1
         assert record["p50_ms"] <= record["p90_ms"] <= record["p99_ms"]
-    assert set(data["ops"]) == set(benchmark.OPS)
+    assert set(data["ops"]) == set(measure.OPS)
     for op, per_impl in data["ops"].items():
         assert {"c", "opencv", "numpy", "memcpy", "speedup"} <= set(per_impl)
         sizes = {"16x8"} if op == "argmax" else {"48x32", "720p"}
@@ -170,7 +170,7 @@ def test_model_that_is_not_onnx_exits_2(tmp_path):
 
 def test_summarize_on_known_samples():
     # Sorted 1, 2, 3, 4, 10: numpy linear interpolation at rank q/100 * 4.
-    stats = benchmark.summarize([4.0, 1.0, 10.0, 2.0, 3.0])
+    stats = measure.summarize([4.0, 1.0, 10.0, 2.0, 3.0])
     assert stats["p50_ms"] == pytest.approx(3.0)
     assert stats["p90_ms"] == pytest.approx(4.0 + 0.6 * 6.0)  # rank 3.6: 4 + 0.6 * (10 - 4) = 7.6
     assert stats["p99_ms"] == pytest.approx(4.0 + 0.96 * 6.0)  # rank 3.96: 9.76
@@ -180,37 +180,37 @@ def test_summarize_on_known_samples():
 
 
 def test_summarize_without_samples_is_all_none():
-    stats = benchmark.summarize([])
+    stats = measure.summarize([])
     assert stats == {"p50_ms": None, "p90_ms": None, "p99_ms": None, "mean_ms": None, "fps": None, "iters": 0}
 
 
 def test_op_bytes_hand_computed():
     # 1080p frame, 512x1024 input, 19 classes.
-    assert benchmark.op_bytes("preprocess", (1920, 1080), (512, 1024), 19) == 1920 * 1080 * 3 + 3 * 512 * 1024 * 4
-    assert benchmark.op_bytes("preprocess", (1920, 1080), (512, 1024), 19) == 12_512_256
+    assert measure.op_bytes("preprocess", (1920, 1080), (512, 1024), 19) == 1920 * 1080 * 3 + 3 * 512 * 1024 * 4
+    assert measure.op_bytes("preprocess", (1920, 1080), (512, 1024), 19) == 12_512_256
     # logits 19 x 128 x 256 float32 = 2,490,368 B in; 2,073,600 label bytes out.
-    assert benchmark.op_bytes("upsample_argmax", (1920, 1080), (512, 1024), 19) == 4_563_968
+    assert measure.op_bytes("upsample_argmax", (1920, 1080), (512, 1024), 19) == 4_563_968
     # 19 x 512 x 1024 x 4 = 39,845,888 in, 524,288 out.
-    assert benchmark.op_bytes("argmax", (1920, 1080), (512, 1024), 19) == 40_370_176
+    assert measure.op_bytes("argmax", (1920, 1080), (512, 1024), 19) == 40_370_176
     # frame 6,220,800 + labels 2,073,600 in, frame 6,220,800 out.
-    assert benchmark.op_bytes("blend", (1920, 1080), (512, 1024), 19) == 14_515_200
+    assert measure.op_bytes("blend", (1920, 1080), (512, 1024), 19) == 14_515_200
 
 
 def test_bandwidth_is_bytes_over_time():
-    assert benchmark.gbps(12_000_000, 2.0) == pytest.approx(6.0)  # 12 MB in 2 ms = 6 GB/s
-    assert benchmark.gbps(1, 0.0) is None
+    assert measure.gbps(12_000_000, 2.0) == pytest.approx(6.0)  # 12 MB in 2 ms = 6 GB/s
+    assert measure.gbps(1, 0.0) is None
 
 
 def test_round_robin_rotates_the_first_candidate_and_skips_warmup():
     order = []
     candidates = {name: (lambda n: lambda: order.append(n))(name) for name in "abc"}
-    samples = benchmark.time_round_robin(candidates, warmup=1, iters=3)
+    samples = measure.time_round_robin(candidates, warmup=1, iters=3)
     assert order == list("abc" "bca" "cab" "abc")
     assert {name: len(values) for name, values in samples.items()} == {"a": 3, "b": 3, "c": 3}
 
 
 def test_model_names_are_metric_safe_and_unique():
-    names = benchmark.model_names([Path("a/gen.student.onnx"), Path("b/gen.student.onnx"), Path("int8.onnx")])
+    names = measure.model_names([Path("a/gen.student.onnx"), Path("b/gen.student.onnx"), Path("int8.onnx")])
     assert names == ["gen_student", "gen_student_2", "int8"]
 
 
@@ -228,8 +228,8 @@ def test_compare_ratios_and_verdicts_on_hand_written_files(tmp_path):
            "only_new": 3.0, "machine": {"cpu": "y", "cores": 4}}
     (tmp_path / "old.json").write_text(json.dumps(old))
     (tmp_path / "new.json").write_text(json.dumps(new))
-    rows = benchmark.compare(benchmark.load_results(tmp_path / "old.json"),
-                             benchmark.load_results(tmp_path / "new.json"))
+    rows = report.compare(report.load_results(tmp_path / "old.json"),
+                             report.load_results(tmp_path / "new.json"))
     assert rows == [
         ("e2e.offline.fps", 10.0, 0.0, 0.0, "slower"),
         ("e2e.ratio_to_model", 0.5, 0.75, 1.5, "faster"),
@@ -240,22 +240,22 @@ def test_compare_ratios_and_verdicts_on_hand_written_files(tmp_path):
         ("ops.blend.c.720p.gbps", 8.0, 8.0, 1.0, "same"),
         ("ops.blend.speedup.720p.c_vs_opencv", 4.0, 5.0, 1.25, "faster"),
     ]
-    text = benchmark.format_compare(rows)
+    text = report.format_compare(rows)
     assert "model.m.p50_ms" in text and "1.250x slower" in text
 
 
 def test_compare_with_zero_old_value_has_no_ratio():
-    assert benchmark.compare({"a_ms": 0.0}, {"a_ms": 1.0}) == [("a_ms", 0.0, 1.0, None, "")]
+    assert report.compare({"a_ms": 0.0}, {"a_ms": 1.0}) == [("a_ms", 0.0, 1.0, None, "")]
 
 
 def test_compare_rejects_non_json(tmp_path):
     path = tmp_path / "old.json"
     path.write_text("[1, 2]")
-    with pytest.raises(benchmark.BenchmarkError, match="not a JSON object"):
-        benchmark.load_results(path)
+    with pytest.raises(measure.BenchmarkError, match="not a JSON object"):
+        report.load_results(path)
     path.write_text("{")
-    with pytest.raises(benchmark.BenchmarkError, match="not a readable JSON file"):
-        benchmark.load_results(path)
+    with pytest.raises(measure.BenchmarkError, match="not a readable JSON file"):
+        report.load_results(path)
 
 
 def test_cuda_calls_get_device_inputs_and_wait_for_the_kernels():
@@ -277,8 +277,8 @@ def test_cuda_calls_get_device_inputs_and_wait_for_the_kernels():
             def synchronize():
                 events.append("synchronize")
 
-    cuda = benchmark._SynchronisedCuda(FakeOps(), FakeDriver, FakeGpuArray)
-    call = benchmark._bind(cuda, "blend", np.zeros((2, 3, 3), np.uint8), np.zeros((2, 3), np.uint8),
+    cuda = measure._SynchronisedCuda(FakeOps(), FakeDriver, FakeGpuArray)
+    call = measure._bind(cuda, "blend", np.zeros((2, 3, 3), np.uint8), np.zeros((2, 3), np.uint8),
                            np.zeros((4, 3), np.uint8), 0.5)
     assert events == []  # uploads happen once, at binding; nothing runs yet
     call()

@@ -1,0 +1,161 @@
+"""Latency benchmarks of the runtime at three levels, implementations side by side in one run.
+
+    python -m bench --model models/export/gen_student.onnx \
+        --model models/export/gen_student_int8.onnx --video data/prepared/synthetic/video/dashcam.mp4 \
+        --json metrics/benchmark.json --csv-dir plots/benchmark --markdown docs/benchmark_latest.md
+
+Levels `model`, `ops` and `e2e` are described in bench.measure; the results go to bench.report.
+Exit codes: 0 done, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import sys
+from pathlib import Path
+
+from bench.measure import (DEFAULT_MODELS, DEFAULT_VIDEO, EXIT_BAD_INPUT, LEVELS, NAMED_RESOLUTIONS, BenchmarkError,
+                           bench_e2e, bench_models, bench_ops, describe_machine, model_names)
+from bench.report import check_output, compare, csv_text, format_compare, load_results, render_markdown, write_plot
+from runtime import ops
+from runtime.contract import ContractError
+from runtime.engines import BACKEND_BY_SUFFIX, EngineError, input_spec, open_engine
+from runtime.files import write_text
+from runtime.ops import reference
+from runtime.video import SinkError, SourceError
+
+
+def parse_resolution(text: str) -> tuple[str, tuple[int, int]]:
+    if text in NAMED_RESOLUTIONS:
+        return text, NAMED_RESOLUTIONS[text]
+    match = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not match or min(int(match[1]), int(match[2])) < 1:
+        raise BenchmarkError(f"--resolutions: {text!r} is neither {', '.join(NAMED_RESOLUTIONS)} "
+                             "nor WIDTHxHEIGHT such as 1280x720")
+    return text, (int(match[1]), int(match[2]))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, action="append", metavar="PATH",
+                        help=f"artefact to time (repeatable; default: every {DEFAULT_MODELS}/*.onnx)")
+    parser.add_argument("--video", default=str(DEFAULT_VIDEO), help="video file or image folder for the e2e level")
+    parser.add_argument("--levels", nargs="+", choices=LEVELS, default=list(LEVELS))
+    parser.add_argument("--warmup", type=int, default=5, metavar="N")
+    parser.add_argument("--iters", type=int, default=30, metavar="N")
+    parser.add_argument("--frames", type=int, default=120, metavar="N", help="frames per e2e mode")
+    parser.add_argument("--threads", type=int, metavar="N", help="threads for the C ops and ONNX Runtime")
+    parser.add_argument("--resolutions", nargs="+", default=["720p", "1080p"],
+                        help="frame sizes of the ops level: 480p .. 2160p or WIDTHxHEIGHT")
+    parser.add_argument("--input-size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"),
+                        help="network input of the ops level")
+    parser.add_argument("--classes", type=int, default=19, help="logit channels of the ops level")
+    parser.add_argument("--encode", action="store_true",
+                        help="also run e2e offline into an overlay video sink (H.264 via PyAV)")
+    parser.add_argument("--json", type=Path, metavar="FILE")
+    parser.add_argument("--csv-dir", type=Path, metavar="DIR")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="write the tables here (else print them)")
+    parser.add_argument("--compare", type=Path, metavar="OLD.json", help="print new/old of every shared metric")
+    args = parser.parse_args(argv)
+    for name, minimum in (("warmup", 0), ("iters", 1), ("frames", 1), ("threads", 1), ("classes", 1)):
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            parser.error(f"--{name} must be >= {minimum}, got {value}")
+    if min(args.input_size) < 4:
+        parser.error(f"--input-size must be at least 4 4 (stride-4 logits), got {args.input_size}")
+    if args.classes > reference.MAX_CLASSES:
+        parser.error(f"--classes must be <= {reference.MAX_CLASSES} (uint8 labels), got {args.classes}")
+    return args
+
+
+def resolve_models(args) -> list[Path]:
+    needed = {"model", "e2e"} & set(args.levels)
+    if not needed:
+        return []
+    models = args.model or sorted(DEFAULT_MODELS.glob("*.onnx"))
+    if not models:
+        raise BenchmarkError(f"no model to time: {DEFAULT_MODELS} holds no .onnx; run `dvc repro export` "
+                             "or pass --model PATH")
+    for path in models:
+        if not path.is_file():
+            raise BenchmarkError(f"model {path}: no such file; run `dvc repro export` or fix --model")
+        if path.suffix not in BACKEND_BY_SUFFIX:
+            raise BenchmarkError(f"model {path}: unknown artefact type; use one of {', '.join(BACKEND_BY_SUFFIX)}")
+    return models
+
+
+def benchmark(args) -> dict:
+    """Run the chosen levels and write the outputs; user errors raise BenchmarkError & co."""
+    models = resolve_models(args)
+    if "e2e" in args.levels and not Path(args.video).exists():
+        raise BenchmarkError(f"video {args.video}: no such file or folder; run `dvc repro prepare` or fix --video")
+    resolutions = [parse_resolution(text) for text in args.resolutions]
+    old = load_results(args.compare) if args.compare else None
+    for path, what in ((args.json, "--json"), (args.markdown, "--markdown"), (args.plot, "--plot")):
+        if path is not None:
+            check_output(path, what)
+    if args.csv_dir is not None:
+        check_output(args.csv_dir / "model.csv", "--csv-dir")
+    if args.threads:
+        ops.set_num_threads(args.threads)
+
+    results: dict = {}
+    series: dict[str, dict[str, list[float]]] = {}
+    with contextlib.ExitStack() as stack:
+        engines = {}
+        for name, path in zip(model_names(models), models):
+            backend = BACKEND_BY_SUFFIX[path.suffix]
+            extra = {"threads": args.threads} if args.threads and backend in ("onnxruntime", "torch") else {}
+            engines[name] = stack.enter_context(open_engine(path, **extra))
+        if "model" in args.levels:
+            results["model"], series["model"] = bench_models(engines, args.warmup, args.iters)
+        if "ops" in args.levels:
+            results["ops"], series["ops"] = bench_ops(resolutions, tuple(args.input_size), args.classes,
+                                                      args.warmup, args.iters)
+        if "e2e" in args.levels:
+            first = next(iter(engines))
+            results["e2e"], series["e2e"] = bench_e2e(engines[first], args.video, args.frames, args.encode)
+            if "model" in results and results["model"][first]["fps"]:
+                results["e2e"]["ratio_to_model"] = results["e2e"]["offline"]["fps"] / results["model"][first]["fps"]
+        results["engines"] = {name: {**engine.describe(), "artefact": str(path),
+                                     "input": "x".join(map(str, input_spec(engine.contract)[1]))}
+                              for (name, engine), path in zip(engines.items(), models)}
+    results["threads"] = {"ops": ops.get_num_threads(), "ops_backend": ops.BACKEND}
+    results["config"] = {"levels": list(args.levels), "warmup": args.warmup, "iters": args.iters,
+                         "frames": args.frames, "input_size": list(args.input_size), "classes": args.classes,
+                         "resolutions": [label for label, _ in resolutions], "video": str(args.video),
+                         "e2e_model": next(iter(results["engines"]), None)}
+    results["machine"] = describe_machine()
+
+    markdown = render_markdown(results)
+    if args.json is not None:
+        write_text(args.json, json.dumps(results, indent=2) + "\n")
+    if args.csv_dir is not None:
+        for level, samples in series.items():
+            write_text(args.csv_dir / f"{level}.csv", csv_text(samples))
+    if args.plot is not None and not write_plot(args.plot, series):
+        print(f"benchmark: note: matplotlib is not installed; {args.plot} not written", file=sys.stderr)
+    if args.markdown is not None:
+        write_text(args.markdown, markdown)
+    else:
+        print(markdown)
+    if old is not None:
+        print(format_compare(compare(old, results)))
+    return results
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        benchmark(args)
+    except (BenchmarkError, EngineError, ContractError, SourceError, SinkError) as exc:
+        print(f"benchmark: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Benchmark outputs: markdown tables, CSV samples, box plots, JSON, and comparing two runs."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from bench.measure import BenchmarkError, HIGHER_IS_BETTER
+from runtime.files import atomic_output, create_temp
+from runtime.pipeline import GLASS_TO_GLASS, STAGES
+
+# ------------------------------------------------------------------------------- compare
+
+
+def flatten(data, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves as dotted keys, as `dvc metrics show` lists them."""
+    flat = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool):
+        flat[prefix[:-1]] = float(data)
+    return flat
+
+
+def verdict(key: str, ratio: float | None) -> str:
+    """'faster' / 'slower' / 'same' for timing metrics, '' where bigger is neither."""
+    last = key.rsplit(".", 1)[-1]
+    if ratio is None:
+        return ""
+    if last.endswith("_ms"):
+        better = ratio < 1
+    elif last in HIGHER_IS_BETTER or ".speedup." in key:
+        better = ratio > 1
+    else:
+        return ""
+    return "same" if ratio == 1 else ("faster" if better else "slower")
+
+
+def compare(old: dict, new: dict) -> list[tuple[str, float, float, float | None, str]]:
+    """(key, old, new, new/old, verdict) for every numeric metric both runs have."""
+    old_flat, new_flat = flatten(old), flatten(new)
+    rows = []
+    for key in sorted(old_flat.keys() & new_flat.keys()):
+        before, after = old_flat[key], new_flat[key]
+        ratio = after / before if before else None
+        rows.append((key, before, after, ratio, verdict(key, ratio)))
+    return rows
+
+
+def format_compare(rows) -> str:
+    lines = [f"{'metric':<56}{'old':>12}{'new':>12}{'new/old':>9}"]
+    for key, before, after, ratio, word in rows:
+        shown = f"{ratio:8.3f}x" if ratio is not None else f"{'-':>9}"
+        lines.append(f"{key:<56}{before:12.4g}{after:12.4g}{shown} {word}".rstrip())
+    return "\n".join(lines)
+
+
+def load_results(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BenchmarkError(f"--compare {path}: no such file; give an earlier --json output") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BenchmarkError(f"--compare {path}: not a readable JSON file ({exc}); "
+                             "give an earlier --json output") from None
+    if not isinstance(data, dict):
+        raise BenchmarkError(f"--compare {path}: holds no benchmark results (not a JSON object)")
+    return data
+
+
+# ------------------------------------------------------------------------------- outputs
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def render_markdown(results: dict) -> str:
+    """The tables docs/benchmarks.md shows, from one run's results."""
+    machine = results["machine"]
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+    load = machine["load_average"]
+    lines = [
+        "# Benchmark results", "",
+        f"- date: {machine['date']}",
+        f"- CPU: {machine['cpu']}, {machine['cores']} cores ({machine['usable_cores']} usable), "
+        f"load average {' / '.join(map(str, load)) if load else 'unknown'} at the end",
+        f"- GPU: {machine['gpu']}",
+        f"- {versions}",
+        f"- ops backend {results['threads']['ops_backend']}, {results['threads']['ops']} op threads; "
+        f"warm-up {results['config']['warmup']}, {results['config']['iters']} timed iterations", "",
+    ]
+    if "model" in results:
+        lines += ["## Model only (batch 1)", "",
+                  "| model | provider | precision | input | intra-op threads | p50 ms | p90 ms | p99 ms | mean ms | FPS |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, record in results["model"].items():
+            info = results["engines"][name]
+            threads = record["intra_op_threads"]
+            lines.append(f"| {name} | {info.get('provider', info['backend'])} | {info.get('precision', '-')} "
+                         f"| {info['input']} | {'default' if threads == 0 else threads} | {_ms(record['p50_ms'])} "
+                         f"| {_ms(record['p90_ms'])} | {_ms(record['p99_ms'])} | {_ms(record['mean_ms'])} "
+                         f"| {_ms(record['fps'])} |")
+        lines.append("")
+    if "ops" in results:
+        in_h, in_w = results["config"]["input_size"]
+        lines += [f"## Ops (network input {in_h}x{in_w}, {results['config']['classes']} classes)", "",
+                  "Speed-ups are p50 ratios; bandwidth is bytes read + written / p50, next to a memcpy "
+                  "moving the same bytes. The C preprocess and blend write into a reused buffer, as the "
+                  "pipeline calls them; the OpenCV and NumPy chains allocate their results.", "",
+                  "| op | frame | impl | p50 ms | p90 ms | p99 ms | GB/s | % of memcpy | vs OpenCV | vs NumPy |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for op, per_impl in results["ops"].items():
+            labels = list(per_impl["memcpy"])
+            for label in labels:
+                opencv_p50 = per_impl["opencv"][label]["p50_ms"]
+                numpy_p50 = per_impl["numpy"][label]["p50_ms"]
+                for impl, per_res in per_impl.items():
+                    if impl == "speedup":
+                        continue
+                    record = per_res[label]
+                    fraction = record.get("fraction_of_memcpy")
+                    vs = ("-", "-") if impl == "memcpy" else (_ratio(opencv_p50 / record["p50_ms"]),
+                                                             _ratio(numpy_p50 / record["p50_ms"]))
+                    lines.append(f"| {op} | {label} | {impl} | {_ms(record['p50_ms'])} | {_ms(record['p90_ms'])} "
+                                 f"| {_ms(record['p99_ms'])} | {_ms(record['gbps'])} "
+                                 f"| {'-' if fraction is None else f'{100 * fraction:.0f}%'} | {vs[0]} | {vs[1]} |")
+        lines.append("")
+    if "e2e" in results:
+        e2e = results["e2e"]
+        lines += [f"## End to end ({results['config']['e2e_model']}, {results['config']['video']})", ""]
+        for mode in (m for m in e2e if isinstance(e2e[m], dict)):
+            record = e2e[mode]
+            codec = f" into {record['codec']}" if "codec" in record else ""
+            lines.append(f"- {mode}{codec}: {record['fps']:.2f} FPS, {record['frames']} frames, "
+                         f"{record['dropped']} dropped")
+        if "ratio_to_model" in e2e:
+            lines.append(f"- offline FPS / model-only FPS: {e2e['ratio_to_model']:.2f}")
+        lines += ["", "| mode | stage | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|---|"]
+        for mode in (m for m in e2e if isinstance(e2e[m], dict)):
+            for stage in (*STAGES, GLASS_TO_GLASS):
+                row = e2e[mode][stage]
+                lines.append(f"| {mode} | {stage} | {_ms(row['p50_ms'])} | {_ms(row['p90_ms'])} | {_ms(row['p99_ms'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def csv_text(series: dict[str, list[float]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["series", "iteration", "ms"])
+    for name, values in series.items():
+        for iteration, value in enumerate(values):
+            writer.writerow([name, iteration, f"{value:.6f}"])
+    return buffer.getvalue()
+
+
+def check_output(path: Path, what: str) -> None:
+    """Fail before measuring if `path` could not be written afterwards."""
+    if path.is_dir():
+        raise BenchmarkError(f"{what} {path}: is a folder; give a file name")
+    folder = path.parent
+    blocker = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise BenchmarkError(f"{what} {path}: {blocker} is a file, not a folder; choose another location")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        create_temp(folder).unlink()
+    except OSError as exc:
+        raise BenchmarkError(f"{what} {path}: cannot write in {folder} ({exc.strerror}); "
+                             "choose a writable location") from None
+
+
+def write_plot(path: Path, series_by_level: dict[str, dict[str, list[float]]]) -> bool:
+    """Box plots of the latency samples per level; False (nothing written) without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    levels = [(level, series) for level, series in series_by_level.items() if series]
+    if not levels:
+        return False
+    widest = max(len(series) for _, series in levels)
+    figure, axes = plt.subplots(len(levels), 1, figsize=(max(6.0, 0.3 * widest + 2), 4.5 * len(levels)),
+                                squeeze=False)
+    for axis, (level, series) in zip(axes[:, 0], levels):
+        names = list(series)
+        axis.boxplot([series[n] for n in names], showfliers=False)
+        axis.set_xticks(range(1, len(names) + 1), names, fontsize=7, rotation=90)
+        axis.set_yscale("log")
+        axis.set_ylabel("ms (log scale)")
+        axis.set_title(level)
+    figure.tight_layout()
+    with atomic_output(path) as temp:
+        figure.savefig(temp, format="png", dpi=100)
+    plt.close(figure)
+    return True
+

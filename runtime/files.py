@@ -1,0 +1,59 @@
+"""Atomic file writes: write to a temporary name in the target's folder, then rename.
+
+Readers (DVC, a resumed stage, a deployed runtime) never see a half-written file, and an
+interrupted write leaves the previous file, if any, in place. The temporary name is short
+(`.<8 hex>.tmp`) so that a final name at the file-system limit still works, and the file is
+created with the umask's permissions (unlike mkstemp's 0600) because it becomes the output.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def create_temp(folder: str | os.PathLike) -> Path:
+    """A new empty hidden file in `folder`; creating it also proves the folder is writable."""
+    while True:
+        temp = Path(folder) / f".{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return temp
+        except FileExistsError:
+            continue
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = create_temp(path.parent)
+    try:
+        yield temp
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data reaches the disk before the name does
+        finally:
+            os.close(fd)
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_output(path) as temp:
+        temp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, payload, *, sort_keys: bool = False) -> None:
+    """Indented JSON with a final newline, the form every metrics and sidecar file uses."""
+    write_text(path, json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n")
