@@ -89,8 +89,19 @@ class StpgParams:
 
 
 @dataclasses.dataclass
+class CpclParams:
+    """CPCL's own settings (docs/methods/cpcl.md); its unsupervised weight is train.unsup_weight."""
+    mismatch_eps: float = 1e-6  # added to the sum of the class mismatch scores, as the code
+
+    def check(self, path: str) -> None:
+        if not self.mismatch_eps >= 0:
+            raise ParamsError(f"params: {path}.mismatch_eps must be >= 0 (the code uses 1.0e-6), "
+                              f"got {self.mismatch_eps}")
+
+
+@dataclasses.dataclass
 class TrainParams:
-    method: str = "stpg"  # supervised | mean_teacher | stpg
+    method: str = "stpg"  # supervised | mean_teacher | stpg | cpcl
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 where supported) | fp32 | bf16 | fp16
     iters: int = 1000
@@ -114,9 +125,10 @@ class TrainParams:
     out: str = "models/gen_student.pt"
     checkpoint_dir: str = "checkpoints/train"
     stpg: StpgParams = dataclasses.field(default_factory=StpgParams)
+    cpcl: CpclParams = dataclasses.field(default_factory=CpclParams)
 
     def check(self, path: str) -> None:
-        _choice(path + ".method", self.method, ("supervised", "mean_teacher", "stpg"))
+        _choice(path + ".method", self.method, ("supervised", "mean_teacher", "stpg", "cpcl"))
         _choice(path + ".device", self.device, ("auto", "cpu", "cuda"))
         _choice(path + ".precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _choice(path + ".sup_loss", self.sup_loss, ("ce", "ohem"))

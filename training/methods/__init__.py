@@ -15,7 +15,10 @@ def method_class(name: str) -> type[Method]:
     if name == "stpg":
         from training.methods.stpg import STPG
         return STPG
-    raise ValueError(f"unknown method {name!r}; use supervised, mean_teacher or stpg")
+    if name == "cpcl":
+        from training.methods.cpcl import CPCL
+        return CPCL
+    raise ValueError(f"unknown method {name!r}; use supervised, mean_teacher, stpg or cpcl")
 
 
 __all__ = ["Method", "MethodContext", "method_class"]

@@ -29,13 +29,15 @@ def confusion_matrix(rows: torch.Tensor, cols: torch.Tensor, num_classes: int) -
 
 
 def mismatch_weights(teacher_labels: torch.Tensor, student_labels: torch.Tensor,
-                     num_classes: int) -> torch.Tensor:
-    """w_c = s_c / sum_k s_k with s_c = (Q_c - D_c)/Q_c + (R_c - D_c)/R_c, float64, shape (K,).
+                     num_classes: int, eps: float = 0.0) -> torch.Tensor:
+    """w_c = s_c / (sum_k s_k + eps) with s_c = (Q_c - D_c)/Q_c + (R_c - D_c)/R_c, float64, shape (K,).
 
     C gets one extra count on its diagonal (the reference appends each class once to both
     label vectors), so no row or column sum is 0. When the two labelings agree everywhere,
     sum(s) = 0 and w is all NaN, on purpose: NaN compares false, so `select_pixels` then keeps
-    only the consistent pixels, which is the reference behaviour (§7.11).
+    only the consistent pixels, which is the reference behaviour (§7.11). CPCL passes
+    eps = 1e-6, so there complete agreement gives w = 0 instead (docs/methods/cpcl.md).
+    The score is symmetric in the two labelings, so their order does not change w.
     """
     confusion = confusion_matrix(teacher_labels, student_labels, num_classes).double()
     confusion += torch.eye(num_classes, dtype=torch.float64, device=confusion.device)
@@ -43,7 +45,7 @@ def mismatch_weights(teacher_labels: torch.Tensor, student_labels: torch.Tensor,
     row_sums = confusion.sum(dim=1)
     col_sums = confusion.sum(dim=0)
     scores = (col_sums - diagonal) / col_sums + (row_sums - diagonal) / row_sums
-    return scores / scores.sum()
+    return scores / (scores.sum() + eps)
 
 
 def select_pixels(teacher_labels: torch.Tensor, student_labels: torch.Tensor,
