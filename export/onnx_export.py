@@ -7,13 +7,10 @@ the artefact.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.metadata
 import io
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import torch
 import torch.onnx._constants
 
 from runtime.contract import ModelContract
+from runtime.files import atomic_output
 from runtime.engines.torch_engine import CONTRACT_FILE as TORCHSCRIPT_CONTRACT_FILE
 
 MIN_OPSET = 17
@@ -101,22 +99,6 @@ def example_input(contract: ModelContract, batch: int = 1, seed: int = 0) -> tor
     if contract.input_layout == "nhwc_uint8":
         return torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8, generator=generator)
     return torch.randn(batch, 3, height, width, generator=generator)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | Path):
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; an artefact is meant to be shipped
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def set_contract(model: onnx.ModelProto, contract: ModelContract) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 from export.onnx_export import ExportError, check_opset, export_onnx, export_torchscript, make_contract
 from export.precision import convert_fp16, quantize_int8
 from export.verify import ParityGateError, Sample, gate, network_input, torch_reference, verify_artefact
+from runtime import files
 from runtime.contract import ContractError, ModelContract
 from runtime.engines.base import EngineError
 from runtime.engines.sidecar import EngineSidecar, sidecar_path
@@ -182,7 +183,7 @@ def run(params_path: str, manifest_path: str, metrics_path: str) -> dict:
         "calibration_images": len(calibration),
         "checkpoint_sha256": contract.checkpoint_sha256,
     }
-    datasets.write_json_atomic(metrics_path, metrics)
+    files.write_json(metrics_path, metrics)
     return metrics
 
 

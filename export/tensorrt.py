@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from export.onnx_export import ExportError, atomic_output, read_contract, with_precision
+from export.onnx_export import ExportError, read_contract, with_precision
 from runtime.engines.sidecar import EngineSidecar, write_sidecar
+from runtime.files import atomic_output
 from runtime.engines.tensorrt_engine import import_backend
 
 STRONGLY_TYPED = "strongly_typed"

@@ -90,7 +90,7 @@ def torch_reference(model: torch.nn.Module, contract: ModelContract, samples: Se
         labels.append(cv2.resize(sample.label, (width, height), interpolation=cv2.INTER_NEAREST))
         predictions.append(logits[0].argmax(0).numpy().astype(np.uint8))
     labels, predictions = np.stack(labels), np.stack(predictions)
-    confusion = confusion_matrix(predictions, labels, contract.num_classes)
+    confusion = confusion_matrix(labels, predictions, contract.num_classes)
     if not confusion.any():
         raise ExportError("the verification images hold no labelled pixel; check the val labels and data.root")
     frames = [sample.frame_bgr for sample in samples]
@@ -128,7 +128,7 @@ def verify_artefact(path: str | Path, reference: Reference, *, backend: str = "a
             predictions.append(labels_of(output, contract)[0])
         backend_name = engine.name
     predictions = np.stack(predictions)
-    miou = mean_iou(confusion_matrix(predictions, reference.labels, reference.num_classes))
+    miou = mean_iou(confusion_matrix(reference.labels, predictions, reference.num_classes))
     return ArtefactReport(
         path=str(path), backend=backend_name, precision=contract.precision, size_bytes=path.stat().st_size,
         max_abs_logit_delta=None if contract.output_kind == "labels" else max_delta,

@@ -15,10 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def create_temp(folder: str | os.PathLike) -> Path:
-    """A new empty hidden file in `folder`; creating it also proves the folder is writable."""
+def create_temp(folder: str | os.PathLike, suffix: str = ".tmp") -> Path:
+    """A new empty hidden file in `folder`; creating it also proves the folder is writable.
+
+    `suffix` is for writers that pick the format from the extension (a video container).
+    """
     while True:
-        temp = Path(folder) / f".{secrets.token_hex(4)}.tmp"
+        temp = Path(folder) / f".{secrets.token_hex(4)}{suffix}"
         try:
             os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return temp

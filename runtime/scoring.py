@@ -12,7 +12,7 @@ import numpy as np
 IGNORE_LABEL = 255
 
 
-def confusion_matrix(predicted: np.ndarray, truth: np.ndarray, num_classes: int,
+def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int,
                      ignore: int = IGNORE_LABEL) -> np.ndarray:
     """(K, K) int64 counts, rows = true class, columns = predicted; `ignore` and ids >= K skipped."""
     truth = truth.reshape(-1).astype(np.int64)

@@ -11,7 +11,6 @@ written so far is kept as a valid file).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -23,7 +22,7 @@ if __package__ in (None, ""):  # run as a script: make the `runtime` package imp
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runtime import ops  # noqa: E402
+from runtime import files, ops  # noqa: E402
 from runtime.contract import ContractError  # noqa: E402
 from runtime.engines import BACKEND_BY_SUFFIX, BACKENDS, EngineError, open_engine  # noqa: E402
 from runtime.ops import OpsInputError  # noqa: E402
@@ -70,7 +69,7 @@ class GroundTruthScorer(Sink):
         if truth.shape != labels.shape:
             raise GroundTruthError(f"ground truth {path} is {truth.shape[1]}x{truth.shape[0]} but the frames are "
                                    f"{labels.shape[1]}x{labels.shape[0]}; use the labels of this video")
-        self.confusion += confusion_matrix(labels, truth, self.num_classes)
+        self.confusion += confusion_matrix(truth, labels, self.num_classes)
         self.frames_scored += 1
 
     def report(self, classes) -> dict:
@@ -92,20 +91,7 @@ def check_writable(path: Path) -> None:
     if path.is_dir():
         raise SinkError(f"stats file {path}: is a folder; give a file name such as stats.json")
     make_output_folder(path.parent, "stats file", path)
-    os.unlink(temp_file_in(path.parent, path.name, "stats file", path, ".tmp"))
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Atomically: a reader (or DVC) never sees a half-written file."""
-    temp = temp_file_in(path.parent, path.name, "stats file", path, ".tmp")
-    try:
-        with open(temp, "w") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+    os.unlink(temp_file_in(path.parent, "stats file", path))
 
 
 def format_summary(summary: dict) -> str:
@@ -199,7 +185,7 @@ def segment(args: argparse.Namespace) -> int:
             raise
     print(format_summary(summary))
     if args.json is not None:
-        write_json(args.json, summary)
+        files.write_json(args.json, summary)
     return EXIT_INTERRUPTED if stats.interrupted else 0
 
 

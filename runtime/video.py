@@ -8,7 +8,6 @@ interrupted or failed run never leaves a half-written file under the requested n
 from __future__ import annotations
 
 import os
-import secrets
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +19,8 @@ os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
+
+from runtime import files  # noqa: E402
 
 if "OPENCV_LOG_LEVEL" not in os.environ:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -225,22 +226,13 @@ def make_output_folder(folder: Path, what: str, target: Path) -> None:
                         "choose a writable location") from None
 
 
-def temp_file_in(folder: Path, name: str, what: str, target: Path, suffix: str) -> str:
-    """A fresh hidden file in `folder`; creating it proves the folder is writable.
-
-    Created with the umask's permissions (unlike mkstemp's 0600), since it becomes the output.
-    """
-    for _ in range(100):
-        temp = folder / f".{name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}"
-        try:
-            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise SinkError(f"{what} {target}: folder {folder} is not writable ({exc.strerror}); "
-                            "choose a writable location") from None
-        return str(temp)
-    raise SinkError(f"{what} {target}: cannot find a free temporary name in {folder}")
+def temp_file_in(folder: Path, what: str, target: Path, suffix: str = ".tmp") -> str:
+    """A fresh hidden file in `folder` (runtime.files.create_temp); an unwritable folder is a SinkError."""
+    try:
+        return str(files.create_temp(folder, suffix))
+    except OSError as exc:
+        raise SinkError(f"{what} {target}: folder {folder} is not writable ({exc.strerror}); "
+                        "choose a writable location") from None
 
 
 def h264_encoder() -> str | None:
@@ -276,7 +268,7 @@ class VideoSink(Sink):
         self.encoded_size = (self.size[0] + self.size[0] % 2, self.size[1] + self.size[1] % 2)
         self.fps = float(fps) if fps and fps > 0 else DEFAULT_FPS
         self.frames_written = 0
-        self._temp = temp_file_in(self.path.parent, self.path.name, "output", self.path, ".part.mp4")
+        self._temp = temp_file_in(self.path.parent, "output", self.path, ".part.mp4")
         self._container = self._writer = None
         try:
             encoder = h264_encoder()
@@ -371,7 +363,7 @@ class LabelSink(Sink):
             raise SinkError(f"labels folder {self.folder}: is a file; give a folder path")
         self._made_folder = not self.folder.exists()
         make_output_folder(self.folder, "labels folder", self.folder)
-        os.unlink(temp_file_in(self.folder, "probe", "labels folder", self.folder, ".tmp"))
+        os.unlink(temp_file_in(self.folder, "labels folder", self.folder))
         self.written: list[Path] = []
 
     def write(self, index: int, overlay: np.ndarray | None, labels: np.ndarray | None) -> None:
@@ -381,13 +373,7 @@ class LabelSink(Sink):
         if not ok:
             raise RuntimeError(f"PNG encoding of frame {index} failed")
         target = labels_path(self.folder, index)
-        temp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            temp.write_bytes(encoded.tobytes())
-            os.replace(temp, target)
-        finally:
-            if temp.exists():
-                temp.unlink()
+        files.write_bytes(target, encoded.tobytes())
         self.written.append(target)
 
     def abort(self) -> None:

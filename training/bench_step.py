@@ -12,7 +12,7 @@ import time
 import torch
 
 from training import params
-from training.engine import resolve_device, resolve_precision
+from training.device import resolve_device, resolve_precision
 from training.methods import MethodContext, method_class
 from training.models import build_model
 

@@ -6,12 +6,11 @@ so export depends on one small, versioned format.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from runtime.files import atomic_output
 from training.models import build_model
 
 FORMAT = "stpg-drive/deployable/1"
@@ -23,16 +22,8 @@ class DeployableError(ValueError):
 
 def save_atomic(payload, path: str | Path) -> None:
     """torch.save to a temp name, then rename: an interrupted save never leaves a valid-looking file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path) as temp:
+        torch.save(payload, temp)
 
 
 def save_deployable(path: str | Path, model: torch.nn.Module, *, classes, palette, mean, std,

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from training.data import datasets
 from training.data.loaders import make_train_loaders
 from training.deployable import save_atomic
+from training.device import resolve_device, resolve_precision
 from training.evaluate import evaluate_model
 from training.methods import MethodContext, method_class
 from training.models import build_model
@@ -26,27 +27,6 @@ CHECKPOINT_FORMAT = "stpg-drive/train-checkpoint/1"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot resume this run; the message says why and what to do."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise CheckpointError("train.device is cuda but no CUDA device is visible; set train.device: auto or cpu")
-    return torch.device(name)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. auto = bf16 where the hardware has it."""
-    if name == "fp32":
-        return None
-    if name == "fp16":
-        return torch.float16
-    if name == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
 
 
 @dataclass

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import argparse
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from runtime.scoring import iou_per_class, mean_iou
+from runtime import files
+from runtime.scoring import confusion_matrix, iou_per_class, mean_iou
 from training import cli, params
 from training.data import datasets
 from training.data.loaders import EvalDataset
 from training.deployable import DeployableError, load_deployable
-from training.methods.selection import confusion_matrix
+from training.device import resolve_device
 
 
 def window_starts(length: int, crop: int, stride: int) -> list[int]:
@@ -65,16 +65,16 @@ def evaluate_model(model, pairs, num_classes: int, mode: str = "sliding", crop=(
     infer = sliding_window_logits if mode == "sliding" else whole_image_logits
     was_training = model.training
     model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    confusion = np.zeros((num_classes, num_classes), np.int64)
     loader = torch.utils.data.DataLoader(EvalDataset(pairs), batch_size=1, num_workers=0)
     for item in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         image = item["image"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
             logits = infer(model, image, crop, num_classes)
-        confusion += confusion_matrix(item["label"].to(device), logits.argmax(1), num_classes)
+        confusion += confusion_matrix(item["label"].numpy(), logits.argmax(1).cpu().numpy(), num_classes)
     model.train(was_training)
-    iou, miou, accuracy = iou_from_confusion(confusion.cpu().numpy())
-    return {"miou": miou, "pixel_acc": accuracy, "per_class_iou": iou, "confusion": confusion.cpu().numpy()}
+    iou, miou, accuracy = iou_from_confusion(confusion)
+    return {"miou": miou, "pixel_acc": accuracy, "per_class_iou": iou, "confusion": confusion}
 
 
 def _finite(value: float):
@@ -82,14 +82,14 @@ def _finite(value: float):
 
 
 def write_results(result: dict, classes, metrics_path, plot_path) -> None:
-    datasets.write_json_atomic(metrics_path, {
+    files.write_json(metrics_path, {
         "miou": _finite(result["miou"]),
         "pixel_acc": _finite(result["pixel_acc"]),
         "per_class_iou": {name: _finite(v) for name, v in zip(classes, result["per_class_iou"])},
     })
     rows = [f"{name},{0.0 if not np.isfinite(v) else round(float(v), 6)}\n"
             for name, v in zip(classes, result["per_class_iou"])]
-    datasets.write_text_atomic(plot_path, "class,iou\n" + "".join(rows))
+    files.write_text(plot_path, "class,iou\n" + "".join(rows))
 
 
 def main(argv=None) -> None:
@@ -102,8 +102,6 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default=None, help="cpu | cuda (default: train.device)")
     args = parser.parse_args(argv)
     cfg = params.load("evaluate", args.params)
-    from training.engine import resolve_device
-
     device = resolve_device(args.device or params.load("train", args.params).device)
     model, info = load_deployable(args.checkpoint)
     model.to(device)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import files
 from training import cli, params
 from training.data import datasets, splits
 
@@ -52,12 +53,12 @@ def main(argv=None) -> None:
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for name, pairs in (("labeled.txt", labeled), ("unlabeled.txt", unlabeled)):
-        datasets.write_text_atomic(out / name, "".join(f"{image} {label}\n" for image, label in pairs))
+        files.write_text(out / name, "".join(f"{image} {label}\n" for image, label in pairs))
 
     freq_all = splits.pixel_frequency(histograms)
     freq_lab = splits.pixel_frequency(histograms[lab_idx]) if len(lab_idx) else np.zeros_like(freq_all)
     images_lab = (histograms[lab_idx] > 0).sum(axis=0) if len(lab_idx) else np.zeros(info.num_classes, int)
-    datasets.write_json_atomic(args.metrics, {
+    files.write_json(args.metrics, {
         "dataset": manifest["dataset"],
         "labeled_ratio": cfg.labeled_ratio,
         "num_pool": len(pool),

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from runtime import files
 from runtime.contract import ModelContract
 from runtime.engines.base import EngineError
 
@@ -64,16 +63,7 @@ class EngineSidecar:
 
 def write_sidecar(engine_path: str | Path, sidecar: EngineSidecar) -> Path:
     path = sidecar_path(engine_path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(sidecar.to_json(), fh, indent=2, sort_keys=True)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    files.write_json(path, sidecar.to_json(), sort_keys=True)
     return path
 
 

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from export import run as export_run
-from export.onnx_export import (MIN_OPSET, DeployWrapper, ExportError, atomic_output, example_input, export_onnx,
+from export.onnx_export import (MIN_OPSET, DeployWrapper, ExportError, example_input, export_onnx,
                                 export_torchscript, make_contract, read_contract)
 from runtime.engines import open_engine
 from training.models import build_model
@@ -132,18 +132,6 @@ def test_example_input_follows_layout():
     contract = make_contract(INFO, input_size=SIZE, input_layout="nhwc_uint8", output_kind="labels")
     x = example_input(contract, batch=2)
     assert x.dtype == torch.uint8 and tuple(x.shape) == (2, 64, 128, 3)
-
-
-def test_atomic_output_leaves_nothing_when_the_writer_fails(tmp_path):
-    target = tmp_path / "artefact.onnx"
-    with pytest.raises(RuntimeError):
-        with atomic_output(target) as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("writer died")
-    assert list(tmp_path.iterdir()) == []
-    with atomic_output(target) as tmp:
-        tmp.write_bytes(b"whole")
-    assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]
 
 
 def _stage_params(tmp_path, **export):

@@ -10,7 +10,14 @@ from runtime.scoring import confusion_matrix, iou_per_class, mean_iou
 def test_confusion_matrix_counts_valid_pixels_only():
     truth = np.array([[0, 1, 1], [255, 7, 0]], np.uint8)  # 255 ignored, 7 is no class of K = 2
     predicted = np.array([[0, 1, 0], [1, 1, 1]], np.uint8)
-    np.testing.assert_array_equal(confusion_matrix(predicted, truth, 2), [[1, 1], [1, 1]])
+    np.testing.assert_array_equal(confusion_matrix(truth, predicted, 2), [[1, 1], [1, 1]])
+
+
+def test_confusion_matrix_rows_are_truth_and_columns_are_predictions():
+    truth = np.array([0, 0, 1], np.uint8)
+    predicted = np.array([0, 1, 1], np.uint8)
+    # one class-0 pixel predicted as 1: row 0 (truth), column 1 (prediction)
+    np.testing.assert_array_equal(confusion_matrix(truth, predicted, 2), [[1, 1], [0, 1]])
 
 
 def test_iou_and_nan_mean_over_present_classes():
@@ -25,4 +32,4 @@ def test_iou_and_nan_mean_over_present_classes():
 def test_predictions_outside_the_classes_are_not_counted():
     truth = np.array([0, 1, 1], np.uint8)
     predicted = np.array([0, 9, 1], np.uint8)  # 9 is no class of K = 2: the pixel is left out
-    np.testing.assert_array_equal(confusion_matrix(predicted, truth, 2), [[1, 0], [0, 1]])
+    np.testing.assert_array_equal(confusion_matrix(truth, predicted, 2), [[1, 0], [0, 1]])

@@ -7,14 +7,13 @@ stores the pairs in a manifest; later stages read only the manifest.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from runtime import files
 from training.data import cityscapes
 
 VOC_CLASSES = (
@@ -190,24 +189,6 @@ def portable(path: Path) -> str:
         return str(path.resolve())
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Readers (DVC, a resumed stage) never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str | Path, payload) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
-
-
 def write_manifest(path: str | Path, dataset: str, root: str | Path,
                    train: list[tuple[Path, Path]], val: list[tuple[Path, Path]]) -> dict:
     info = dataset_info(dataset)
@@ -219,7 +200,7 @@ def write_manifest(path: str | Path, dataset: str, root: str | Path,
         "train": [[portable(i), portable(l)] for i, l in train],
         "val": [[portable(i), portable(l)] for i, l in val],
     }
-    write_json_atomic(path, manifest)
+    files.write_json(path, manifest)
     return manifest
 
 

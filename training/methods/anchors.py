@@ -8,12 +8,13 @@ normalised iterate. The result is cached on disk because it takes seconds for K=
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from runtime.files import atomic_output
 
 UNIFORMITY_TEMPERATURE = 0.07
 LEARNING_RATE = 1e-3
@@ -92,16 +93,8 @@ def uniform_anchors(num_classes: int, dim: int, steps: int = DEFAULT_STEPS, seed
     if cache_path.exists():
         return load_anchors(cache_path, num_classes, dim)
     anchors = optimise_anchors(num_classes, dim, steps, seed)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache_path.parent, suffix=".tmp", delete=False) as handle:
-        temp_name = handle.name
-        try:
-            np.save(handle, anchors)
-        except BaseException:
-            handle.close()
-            os.unlink(temp_name)
-            raise
-    os.replace(temp_name, cache_path)
+    with atomic_output(cache_path) as temp, open(temp, "wb") as handle:
+        np.save(handle, anchors)  # a handle: given a path, np.save would append .npy to the temp name
     return anchors
 
 

@@ -8,23 +8,26 @@ from __future__ import annotations
 import torch
 
 
-def confusion_matrix(rows: torch.Tensor, cols: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K,K) int64 counts C[i, j] = #{p : rows_p = i, cols_p = j}, on the inputs' device.
+def confusion_matrix(truth: torch.Tensor, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K,K) int64 counts C[i, j] = #{p : truth_p = i, predicted_p = j}, on the inputs' device.
+
+    The argument order of runtime.scoring.confusion_matrix: rows are the first labeling (the
+    teacher's here), columns the second.
 
     Pixels where either label lies outside [0, K) (e.g. 255 = ignore) are not counted: they go
     to one spare bin that is dropped, so no boolean indexing and no host sync. This uses
     `index_add_` rather than `torch.bincount`, which reads the input's maximum back to the host
     on CUDA to size its output.
     """
-    rows = rows.reshape(-1)
-    cols = cols.reshape(-1)
-    if rows.shape != cols.shape:
-        raise ValueError(f"label tensors differ in size: {rows.numel()} vs {cols.numel()}")
+    truth = truth.reshape(-1)
+    predicted = predicted.reshape(-1)
+    if truth.shape != predicted.shape:
+        raise ValueError(f"label tensors differ in size: {truth.numel()} vs {predicted.numel()}")
     k = num_classes
-    in_range = (rows >= 0) & (rows < k) & (cols >= 0) & (cols < k)
-    bins = torch.where(in_range, rows.long() * k + cols.long(), k * k)
-    counts = torch.zeros(k * k + 1, dtype=torch.int64, device=rows.device)
-    counts.index_add_(0, bins, torch.ones(1, dtype=torch.int64, device=rows.device).expand_as(bins))
+    in_range = (truth >= 0) & (truth < k) & (predicted >= 0) & (predicted < k)
+    bins = torch.where(in_range, truth.long() * k + predicted.long(), k * k)
+    counts = torch.zeros(k * k + 1, dtype=torch.int64, device=truth.device)
+    counts.index_add_(0, bins, torch.ones(1, dtype=torch.int64, device=truth.device).expand_as(bins))
     return counts[: k * k].reshape(k, k)
 
 

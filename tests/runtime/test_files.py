@@ -1,0 +1,60 @@
+"""Atomic writes: the final mode follows the umask, a failed write leaves the old file alone."""
+import contextlib
+import json
+import os
+
+import pytest
+
+from runtime import files
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_the_written_file_takes_its_mode_from_the_umask(tmp_path, mask, mode):
+    target = tmp_path / "out.json"
+    with umask(mask):
+        files.write_json(target, {"a": 1})
+    assert target.stat().st_mode & 0o777 == mode
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "artefact.onnx"
+    with pytest.raises(RuntimeError):
+        with files.atomic_output(target) as temp:
+            temp.write_bytes(b"half")
+            raise RuntimeError("writer died")
+    assert list(tmp_path.iterdir()) == []
+    files.write_bytes(target, b"old")
+    with pytest.raises(KeyboardInterrupt):
+        with files.atomic_output(target) as temp:
+            temp.write_bytes(b"new")
+            raise KeyboardInterrupt
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+
+def test_a_final_name_at_the_file_system_limit_still_works(tmp_path):
+    target = tmp_path / ("n" * 250)
+    with files.atomic_output(target) as temp:
+        assert temp.parent == tmp_path and len(temp.name) == len(".01234567.tmp")
+        temp.write_text("x")
+    assert target.read_text() == "x" and list(tmp_path.iterdir()) == [target]
+
+
+def test_missing_folders_are_made_and_json_is_indented_with_a_final_newline(tmp_path):
+    target = tmp_path / "a" / "b" / "metrics.json"
+    files.write_json(target, {"b": 2, "a": [1]}, sort_keys=True)
+    assert target.read_text() == '{\n  "a": [\n    1\n  ],\n  "b": 2\n}\n'
+    assert json.loads(target.read_text()) == {"a": [1], "b": 2}
+
+
+def test_a_temp_keeps_the_suffix_a_video_writer_needs(tmp_path):
+    temp = files.create_temp(tmp_path, ".part.mp4")
+    assert temp.name.startswith(".") and temp.name.endswith(".part.mp4") and temp.stat().st_size == 0
