@@ -14,7 +14,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from training.data import datasets
-from training.data.loaders import make_train_loaders
+from training.data.loaders import image_level_fields, make_train_loaders
 from training.deployable import save_atomic
 from training.device import resolve_device, resolve_precision
 from training.evaluate import evaluate_model
@@ -83,7 +83,7 @@ class Trainer:
 
     def __init__(self, train_cfg, model_cfg, manifest: dict, labeled, unlabeled, val_pairs=None,
                  live_dir: str | None = "dvclive/train", eval_crop=(256, 512), eval_mode: str = "sliding",
-                 progress: bool = True):
+                 progress: bool = True, image_classes: dict | None = None):
         self.cfg, self.model_cfg = train_cfg, model_cfg
         self.device = resolve_device(train_cfg.device)
         self.dist = setup_distributed(self.device)
@@ -96,6 +96,10 @@ class Trainer:
         if cls.needs_unlabeled and not unlabeled:
             raise datasets.DatasetError(f"method {train_cfg.method} needs unlabeled images but the split has none; "
                                         "raise split.labeled_ratio or use train.method: supervised")
+        if cls.needs_image_classes and image_classes is None:
+            raise datasets.DatasetError(f"method {train_cfg.method} needs the image-level labels of the split; "
+                                        "run `dvc repro split`, which writes them")
+        self.image_classes = image_classes if cls.needs_image_classes else None
         seed_everything(train_cfg.seed)
         per_rank_batch = train_cfg.batch_size
         length = max(len(labeled), len(unlabeled)) if cls.needs_unlabeled else len(labeled)
@@ -170,6 +174,7 @@ class Trainer:
         if "unlabeled" in iterators:
             unlabeled, mix = next(iterators["unlabeled"]), next(iterators["mix"])
             batch.update(unlabeled=move(unlabeled["image"]), mask=move(unlabeled["mask"]), mix=move(mix["image"]))
+            batch.update({key: move(value) for key, value in image_level_fields(labeled, unlabeled).items()})
         return batch
 
     def fit(self, stop_after: int | None = None) -> dict:
@@ -180,7 +185,8 @@ class Trainer:
         # needs no loader state.
         iterators, _ = make_train_loaders(
             self.labeled, self.unlabeled, tuple(cfg.crop), cfg.batch_size, cfg.scales, cfg.workers,
-            cfg.seed + 7919 * self.dist.rank, start, self.method.needs_unlabeled, self.device.type == "cuda")
+            cfg.seed + 7919 * self.dist.rank, start, self.method.needs_unlabeled, self.device.type == "cuda",
+            self.image_classes)
         live = self._live(resume=start > 0)
         end = cfg.iters if stop_after is None else min(cfg.iters, start + stop_after)
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -192,8 +198,8 @@ class Trainer:
         for iteration in bar:
             epoch = iteration // self.iters_per_epoch
             lr = poly_lr(cfg.lr, iteration, cfg.iters, cfg.poly_power)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            for group in self.optimizer.param_groups:  # a method may scale a group or keep it at the base rate
+                group["lr"] = (lr if group.get("poly", True) else cfg.lr) * group.get("lr_scale", 1.0)
             batch = self._batch(iterators)
             self.optimizer.zero_grad(set_to_none=True)
             with autocast:

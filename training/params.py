@@ -100,8 +100,36 @@ class CpclParams:
 
 
 @dataclasses.dataclass
+class LplParams:
+    """LPL's own settings (docs/methods/lpl.md); the reference code's values by default."""
+    cce_eps: float = 1e-5  # epsilon of the class-aware softmax and of its log
+    iou_decay: float = 0.99  # the running class IoU's counts decay by this every iteration
+    pct_power: float = 8.0  # cross-training image weight: (min IoU of the image's classes)^power
+    classifier_lr_scale: float = 10.0  # lr multiplier of the final classifier conv
+    pseudo_net_poly: bool = False  # False: PseudoNet keeps the base lr (code); True: poly like HybridNet
+    # stage 2 (python -m training.lpl_stage2): pseudo masks from HybridNet, then one supervised retrain
+    pseudo_scales: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
+    pseudo_flip: bool = True
+    pseudo_dir: str = "data/lpl_pseudo"
+    retrain_iters: int = 1000
+    retrain_lr: float = 0.007
+    retrain_out: str = "models/lpl_retrained.pt"
+    retrain_checkpoint_dir: str = "checkpoints/lpl_retrain"
+
+    def check(self, path: str) -> None:
+        rules = (("cce_eps", self.cce_eps > 0, "> 0"), ("iou_decay", 0 <= self.iou_decay <= 1, "in [0, 1]"),
+                 ("pct_power", self.pct_power >= 0, ">= 0"),
+                 ("classifier_lr_scale", self.classifier_lr_scale > 0, "> 0"),
+                 ("pseudo_scales", bool(self.pseudo_scales) and min(self.pseudo_scales) > 0, "a list of scales > 0"),
+                 ("retrain_iters", self.retrain_iters >= 1, ">= 1"), ("retrain_lr", self.retrain_lr > 0, "> 0"))
+        for key, valid, rule in rules:
+            if not valid:
+                raise ParamsError(f"params: {path}.{key} must be {rule}, got {getattr(self, key)!r}")
+
+
+@dataclasses.dataclass
 class TrainParams:
-    method: str = "stpg"  # supervised | mean_teacher | stpg | cpcl
+    method: str = "stpg"  # supervised | mean_teacher | stpg | cpcl | lpl
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 where supported) | fp32 | bf16 | fp16
     iters: int = 1000
@@ -126,9 +154,10 @@ class TrainParams:
     checkpoint_dir: str = "checkpoints/train"
     stpg: StpgParams = dataclasses.field(default_factory=StpgParams)
     cpcl: CpclParams = dataclasses.field(default_factory=CpclParams)
+    lpl: LplParams = dataclasses.field(default_factory=LplParams)
 
     def check(self, path: str) -> None:
-        _choice(path + ".method", self.method, ("supervised", "mean_teacher", "stpg", "cpcl"))
+        _choice(path + ".method", self.method, ("supervised", "mean_teacher", "stpg", "cpcl", "lpl"))
         _choice(path + ".device", self.device, ("auto", "cpu", "cuda"))
         _choice(path + ".precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _choice(path + ".sup_loss", self.sup_loss, ("ce", "ohem"))

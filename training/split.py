@@ -1,4 +1,4 @@
-"""DVC stage `split`: labeled / unlabeled list files and the class statistics of the split."""
+"""DVC stage `split`: labeled / unlabeled list files, image-level labels and the class statistics of the split."""
 from __future__ import annotations
 
 import argparse
@@ -43,8 +43,13 @@ def main(argv=None) -> None:
     else:
         lab_idx = None
 
-    histograms = np.stack([splits.class_histogram(datasets.read_label(label), info.num_classes)
-                           for _, label in pool])
+    background = splits.BACKGROUND_CLASS.get(manifest["dataset"])
+    histograms, presence = [], {}
+    for image, label_path in pool:  # each mask read once, for both statistics
+        label = datasets.read_label(label_path)
+        histograms.append(splits.class_histogram(label, info.num_classes))
+        presence[image] = splits.class_presence(label, info.num_classes, background)
+    histograms = np.stack(histograms)
     if lab_idx is None:
         lab_idx, unl_idx = splits.make_split(histograms, cfg.labeled_ratio, cfg.seed, cfg.stratify)
         labeled = [pool[i] for i in lab_idx]
@@ -54,6 +59,12 @@ def main(argv=None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, pairs in (("labeled.txt", labeled), ("unlabeled.txt", unlabeled)):
         files.write_text(out / name, "".join(f"{image} {label}\n" for image, label in pairs))
+    # Image-level labels of every training image, from its full mask (LPL's weak supervision).
+    for image, label_path in labeled + unlabeled:
+        if image not in presence:  # a given unlabeled list may name images outside the pool
+            presence[image] = splits.class_presence(datasets.read_label(label_path), info.num_classes, background)
+    files.write_json(out / splits.IMAGE_CLASSES_FILE,
+                     splits.image_classes_payload(manifest["dataset"], info.classes, presence))
 
     freq_all = splits.pixel_frequency(histograms)
     freq_lab = splits.pixel_frequency(histograms[lab_idx]) if len(lab_idx) else np.zeros_like(freq_all)

@@ -9,9 +9,10 @@ import argparse
 import dataclasses
 
 from training import cli, params
-from training.data import datasets
+from training.data import datasets, splits
 from training.deployable import save_deployable
 from training.engine import CheckpointError, Trainer
+from training.methods import method_class
 from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -40,8 +41,12 @@ def main(argv=None) -> None:
     else:
         labeled = datasets.read_pairs_file(f"{args.splits}/labeled.txt")
         unlabeled = datasets.read_pairs_file(f"{args.splits}/unlabeled.txt")
+    image_classes = None
+    if method_class(cfg.method).needs_image_classes:  # LPL: image-level labels of every training image
+        image_classes = splits.read_image_classes(f"{args.splits}/{splits.IMAGE_CLASSES_FILE}",
+                                                  datasets.dataset_info(manifest["dataset"]).num_classes)
     trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, manifest["val"], args.live_dir,
-                      tuple(eval_cfg.crop), eval_cfg.mode)
+                      tuple(eval_cfg.crop), eval_cfg.mode, image_classes=image_classes)
     trainer.fit()
     if trainer.dist.is_main:
         info = trainer.info

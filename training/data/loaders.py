@@ -5,7 +5,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from training.data.datasets import read_image, read_label
+from training.data.cityscapes import IGNORE
+from training.data.datasets import DatasetError, read_image, read_label
 from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, box_mask, normalize, weak_augment
 
 
@@ -41,11 +42,18 @@ class EpochSampler(Sampler):
 
 
 class TrainDataset(Dataset):
-    """Weakly augmented crops. `with_label=False` for unlabeled data; `with_mask` adds a CutMix box mask."""
+    """Weakly augmented crops. `with_label=False` for unlabeled data; `with_mask` adds a CutMix box mask.
+
+    For image-level supervision (LPL): `classes` (N,K) adds each image's class-presence vector, and
+    `has_label` (N,) reads masks only where true, giving the other images an all-ignore label and
+    every item its flag.
+    """
 
     def __init__(self, pairs, crop_hw, length: int | None = None, scales=None, with_label=True,
-                 with_mask=False, seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 with_mask=False, seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 classes: np.ndarray | None = None, has_label: np.ndarray | None = None):
         self.pairs = list(pairs)
+        self.classes, self.has_label = classes, has_label
         self.crop_hw = tuple(crop_hw)
         self.scales = tuple(scales) if scales else (1.0,)
         self.with_label, self.with_mask = with_label, with_mask
@@ -58,11 +66,18 @@ class TrainDataset(Dataset):
 
     def __getitem__(self, key):
         epoch, index = key
-        image_path, label_path = self.pairs[self.order[index]]
+        pair = self.order[index]
+        image_path, label_path = self.pairs[pair]
         rng = np.random.default_rng((self.seed, epoch, index))
-        label = read_label(label_path) if self.with_label else None
+        with_label = self.with_label if self.has_label is None else bool(self.has_label[pair])
+        label = read_label(label_path) if with_label else None
         image, label = weak_augment(read_image(image_path), label, self.crop_hw, rng, self.scales, self.mean, self.std)
         item = {"image": torch.from_numpy(image)}
+        if self.has_label is not None:
+            item["has_label"] = torch.tensor(with_label)
+            label = label if with_label else np.full(self.crop_hw, IGNORE, dtype=np.uint8)
+        if self.classes is not None:
+            item["classes"] = torch.from_numpy(self.classes[pair])
         if label is not None:
             item["label"] = torch.from_numpy(label.astype(np.int64))
         if self.with_mask:
@@ -87,16 +102,26 @@ class EvalDataset(Dataset):
 
 
 def make_train_loaders(labeled, unlabeled, crop_hw, batch_size: int, scales, workers: int, seed: int,
-                       start_iteration: int = 0, need_unlabeled: bool = True, pin_memory: bool = False):
+                       start_iteration: int = 0, need_unlabeled: bool = True, pin_memory: bool = False,
+                       image_classes: dict[str, np.ndarray] | None = None):
     """Endless labeled, unlabeled (with box masks) and mix-source iterators, all of length max(N_l, N_u).
 
-    Returns (iterators, iterations per epoch).
+    With `image_classes` (image-level labels by image path, LPL's semi-and-weakly supervised
+    setting) every labeled and unlabeled item carries its class-presence vector, and the unlabeled
+    loader draws from all training images, the labeled ones flagged and with their masks, so
+    that its length is N_l + N_u (docs/methods/lpl.md). Returns (iterators, iterations per epoch).
     """
-    length = max(len(labeled), len(unlabeled)) if need_unlabeled else len(labeled)
-    datasets = {"labeled": TrainDataset(labeled, crop_hw, length, scales, seed=seed)}
+    weak, extra_labeled, extra_weak = unlabeled, {}, {}
+    if image_classes is not None:
+        weak = list(labeled) + list(unlabeled)
+        extra_labeled = {"classes": presence_table(labeled, image_classes)}
+        extra_weak = {"classes": presence_table(weak, image_classes),
+                      "has_label": np.arange(len(weak)) < len(labeled)}
+    length = max(len(labeled), len(weak)) if need_unlabeled else len(labeled)
+    datasets = {"labeled": TrainDataset(labeled, crop_hw, length, scales, seed=seed, **extra_labeled)}
     if need_unlabeled:
-        datasets["unlabeled"] = TrainDataset(unlabeled, crop_hw, length, scales, with_label=False,
-                                             with_mask=True, seed=seed + 1)
+        datasets["unlabeled"] = TrainDataset(weak, crop_hw, length, scales, with_label=False,
+                                             with_mask=True, seed=seed + 1, **extra_weak)
         datasets["mix"] = TrainDataset(unlabeled, crop_hw, length, scales, with_label=False, seed=seed + 2)
     iterators = {}
     for offset, (name, dataset) in enumerate(datasets.items()):
@@ -109,3 +134,23 @@ def make_train_loaders(labeled, unlabeled, crop_hw, batch_size: int, scales, wor
                             prefetch_factor=4 if workers > 0 else None)
         iterators[name] = iter(loader)
     return iterators, length // batch_size
+
+
+def presence_table(pairs, image_classes: dict[str, np.ndarray]) -> np.ndarray:
+    """(N,K) class-presence rows of `pairs`, refusing images the split stage did not label."""
+    missing = [image for image, _ in pairs if str(image) not in image_classes]
+    if missing:
+        raise DatasetError(f"{len(missing)} training images have no image-level labels (first: {missing[0]}); "
+                           "re-run `dvc repro split`, which writes them for the current split")
+    return np.stack([image_classes[str(image)] for image, _ in pairs])
+
+
+def image_level_fields(labeled: dict, unlabeled: dict) -> dict:
+    """The batch keys of image-level supervision, from one labeled and one unlabeled loader batch.
+
+    Empty unless the loaders were given image classes, so other methods' batches are unchanged.
+    """
+    if "classes" not in labeled:
+        return {}
+    return {"image_classes": labeled["classes"], "unlabeled_classes": unlabeled["classes"],
+            "unlabeled_label": unlabeled["label"], "unlabeled_has_label": unlabeled["has_label"]}

@@ -18,7 +18,10 @@ def method_class(name: str) -> type[Method]:
     if name == "cpcl":
         from training.methods.cpcl import CPCL
         return CPCL
-    raise ValueError(f"unknown method {name!r}; use supervised, mean_teacher, stpg or cpcl")
+    if name == "lpl":
+        from training.methods.lpl import LPL
+        return LPL
+    raise ValueError(f"unknown method {name!r}; use supervised, mean_teacher, stpg, cpcl or lpl")
 
 
 __all__ = ["Method", "MethodContext", "method_class"]

@@ -29,6 +29,7 @@ class MethodContext:
 
 class Method(nn.Module):
     needs_unlabeled = True
+    needs_image_classes = False  # image-level labels of every training image (LPL)
 
     def __init__(self, train_cfg, context: MethodContext, build_network):
         super().__init__()

@@ -39,7 +39,13 @@ def weighted_ce(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
       valid_pixels  pixels whose target is not ignored (LPL's CCE term);
       positive_only pixels with CE > 0 (CSS's unsupervised term).
     """
-    per_pixel = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
+    return weighted_nll(torch.log_softmax(logits, dim=1), target, weight, ignore_index, reduction)
+
+
+def weighted_nll(log_probs: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | float = 1.0,
+                 ignore_index: int = IGNORE_INDEX, reduction: str = "all_pixels") -> torch.Tensor:
+    """`weighted_ce` over given per-class log-probabilities (B,K,H,W), e.g. LPL's class-aware ones."""
+    per_pixel = F.nll_loss(log_probs, target, ignore_index=ignore_index, reduction="none")
     total = (weight * per_pixel).sum()
     if reduction == "all_pixels":
         return total / per_pixel.numel()
@@ -94,3 +100,24 @@ def ohem_ce(logits: torch.Tensor, target: torch.Tensor, *, min_kept: int, thresh
         weights = torch.as_tensor(class_weights, dtype=per_pixel.dtype, device=per_pixel.device)
         pixel_weight = weights[safe_target] * keep
     return (pixel_weight * per_pixel).sum() / pixel_weight.sum().clamp_min(torch.finfo(per_pixel.dtype).tiny)
+
+
+def class_aware_log_probs(logits: torch.Tensor, present: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """log(q_c + eps) with q_c = k_c e^{z_c} / (sum_j k_j e^{z_j} + eps): LPL's class-aware softmax.
+
+    `present` is the image-level class-presence vector k, (B,K). The reference exponentiates raw
+    logits and overflows above ~88.7 in float32; here the same quantity is formed in the log
+    domain (logaddexp with log eps), so it is equal wherever the reference is finite and finite
+    everywhere else (docs/methods/lpl.md).
+    """
+    mask = present.bool().reshape(*present.shape, *([1] * (logits.dim() - 2)))
+    masked = logits.masked_fill(~mask, float("-inf"))
+    log_eps = torch.log(torch.tensor(eps, dtype=logits.dtype, device=logits.device))
+    log_denominator = torch.logaddexp(torch.logsumexp(masked, dim=1, keepdim=True), log_eps)
+    return torch.logaddexp(masked - log_denominator, log_eps)
+
+
+def class_aware_labels(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """argmax of the class-aware softmax: the best class among those present in the image."""
+    mask = present.bool().reshape(*present.shape, *([1] * (logits.dim() - 2)))
+    return logits.masked_fill(~mask, float("-inf")).argmax(dim=1)
