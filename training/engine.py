@@ -2,8 +2,13 @@
 with exact resume, torchrun DDP with SyncBN, tqdm progress and dvclive logging."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 import random
+import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +28,25 @@ from training.models import build_model
 from training.schedules import poly_lr
 
 CHECKPOINT_FORMAT = "stpg-drive/train-checkpoint/1"
+# Train keys that never change what is learned: a checkpoint resumes across changes of these only.
+NOT_IDENTITY = ("out", "checkpoint_dir", "checkpoint_every", "eval_every", "log_every", "workers", "device")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot resume this run; the message says why and what to do."""
+
+
+def run_identity(train_cfg, model_cfg, manifest: dict, labeled, unlabeled, data: dict | None = None) -> dict:
+    """Everything that defines a run, so a checkpoint is never resumed into a different one."""
+    def digest(value) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+    train = {k: v for k, v in dataclasses.asdict(train_cfg).items()  # other methods' sections do not count
+             if k not in NOT_IDENTITY and not (isinstance(v, dict) and k != train_cfg.method)}
+    return {**{f"train.{k}": v for k, v in train.items()},
+            **{f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()},
+            "data": digest(data or {}), "manifest": digest(manifest),
+            "split.labeled": digest([list(p) for p in labeled]), "split.unlabeled": digest([list(p) for p in unlabeled])}
 
 
 @dataclass
@@ -83,8 +103,9 @@ class Trainer:
 
     def __init__(self, train_cfg, model_cfg, manifest: dict, labeled, unlabeled, val_pairs=None,
                  live_dir: str | None = "dvclive/train", eval_crop=(256, 512), eval_mode: str = "sliding",
-                 progress: bool = True, image_classes: dict | None = None):
+                 progress: bool = True, image_classes: dict | None = None, data_params: dict | None = None):
         self.cfg, self.model_cfg = train_cfg, model_cfg
+        self.identity = run_identity(train_cfg, model_cfg, manifest, labeled, unlabeled, data_params)
         self.device = resolve_device(train_cfg.device)
         self.dist = setup_distributed(self.device)
         self.autocast_dtype = resolve_precision(train_cfg.precision, self.device)
@@ -92,6 +113,7 @@ class Trainer:
         self.labeled, self.unlabeled, self.val_pairs = labeled, unlabeled, val_pairs or []
         self.live_dir, self.eval_crop, self.eval_mode, self.progress = live_dir, eval_crop, eval_mode, progress
         self.checkpoint_path = Path(train_cfg.checkpoint_dir) / "last.pt"
+        self.start_iteration = 0
         cls = method_class(train_cfg.method)
         if cls.needs_unlabeled and not unlabeled:
             raise datasets.DatasetError(f"method {train_cfg.method} needs unlabeled images but the split has none; "
@@ -137,6 +159,7 @@ class Trainer:
             "method": self.cfg.method,
             "num_classes": self.info.num_classes,
             "backbone": self.model_cfg.backbone,
+            "identity": self.identity,
             "iteration": iteration,
             "method_state": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -145,18 +168,23 @@ class Trainer:
         }, self.checkpoint_path)
 
     def load_checkpoint(self) -> int:
-        """The iteration to continue from (0 without a checkpoint)."""
+        """The iteration to continue from: 0 without a checkpoint or with one from another run."""
         if not self.checkpoint_path.exists():
             return 0
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         fix = f"delete {self.checkpoint_path.parent} to start afresh"
-        if state.get("format") != CHECKPOINT_FORMAT:
+        try:
+            state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a truncated or foreign file reads as many errors
+            raise CheckpointError(f"{self.checkpoint_path} is damaged or unreadable ({type(exc).__name__}); {fix}") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{self.checkpoint_path} is not a training checkpoint of this project; {fix}")
-        for key, mine in (("method", self.cfg.method), ("num_classes", self.info.num_classes),
-                          ("backbone", self.model_cfg.backbone)):
-            if state[key] != mine:
-                raise CheckpointError(f"{self.checkpoint_path} was written for {key}={state[key]!r}, "
-                                      f"this run has {mine!r}; {fix}")
+        theirs = state.get("identity", {})
+        changed = sorted(k for k in self.identity.keys() | theirs.keys() if theirs.get(k) != self.identity.get(k))
+        if changed:
+            shown = ", ".join(f"{k}: {theirs.get(k)!r} -> {self.identity.get(k)!r}" for k in changed[:3])
+            print(f"{self.checkpoint_path} belongs to another run ({shown}{', ...' if len(changed) > 3 else ''}); "
+                  "starting afresh (it is replaced at the first checkpoint)", file=sys.stderr)
+            return 0
         self.method.load_state_dict(state["method_state"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
@@ -180,7 +208,7 @@ class Trainer:
     def fit(self, stop_after: int | None = None) -> dict:
         """Train to `cfg.iters` (or stop early after `stop_after` iterations, for tests)."""
         cfg = self.cfg
-        start = self.load_checkpoint()
+        start = self.start_iteration = self.load_checkpoint()
         # The batches depend only on (seed, iteration) (loaders.EpochSampler), so a resumed run
         # needs no loader state.
         iterators, _ = make_train_loaders(
@@ -195,7 +223,9 @@ class Trainer:
         history: dict[str, float] = {}
         bar = tqdm(range(start, end), initial=start, total=cfg.iters, desc=cfg.method,
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
+        self.iteration_seconds = []  # wall time of each step, loading included (a pause shows in one only)
         for iteration in bar:
+            tick = time.perf_counter()
             epoch = iteration // self.iters_per_epoch
             lr = poly_lr(cfg.lr, iteration, cfg.iters, cfg.poly_power)
             for group in self.optimizer.param_groups:  # a method may scale a group or keep it at the base rate
@@ -208,9 +238,10 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.method.update_teachers(iteration)
+            self.iteration_seconds.append(time.perf_counter() - tick)
 
             done = iteration + 1
-            validating = bool(self.val_pairs) and (done % cfg.eval_every == 0 or done == cfg.iters)
+            validating = bool(self.val_pairs) and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.iters)
             if done % cfg.log_every == 0 or done == end or validating:  # the only host syncs of the loop
                 history = {f"train/{name}": float(value.detach()) for name, value in losses.items()}
                 history["train/lr"] = lr

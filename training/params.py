@@ -67,6 +67,7 @@ class ModelParams:
     def check(self, path: str) -> None:
         _choice(path + ".backbone", self.backbone, BACKBONE_NAMES)
         _choice(path + ".output_stride", self.output_stride, (8, 16))
+        _at_least(path + ".proj_dim", self.proj_dim, 1)
 
 
 @dataclasses.dataclass
@@ -86,6 +87,13 @@ class StpgParams:
 
     def check(self, path: str) -> None:
         _choice(path + ".memory_source", self.memory_source, ("pro_teacher", "gen_teacher"))
+        for key in ("memory_start_epoch", "contrast_start_epoch", "proximity_start_epoch"):
+            _at_least(f"{path}.{key}", getattr(self, key), 0)
+        _at_least(path + ".memory_size", self.memory_size, 1)
+        _fraction(path + ".memory_conf_thresh", self.memory_conf_thresh, closed_top=True)
+        _fraction(path + ".prototype_momentum", self.prototype_momentum)
+        _at_least(path + ".contrast_weight", self.contrast_weight, 0)
+        _positive(path + ".anchor_temperature", self.anchor_temperature)
 
 
 @dataclasses.dataclass
@@ -128,8 +136,43 @@ class LplParams:
 
 
 @dataclasses.dataclass
+class CssParams:
+    """CSS's own settings (docs/methods/css.md); the official scripts' values by default. Epochs
+    are passes over the labelled images, as the code counts them."""
+    label: str = "mix"  # ori | mix | cross: which pseudo-label script
+    warmup_epochs: int = 0  # cross: logit-space targets for this many epochs first (code 0, README 20)
+    rep_temperature: float = 0.5  # T of softmax(cos(r, P) / T)
+    contrast_temperature: float = 0.5  # tau of the InfoNCE and of the negative-class law
+    unsup_threshold: float = 0.97  # gamma_u: confident pixels counted by the image weight
+    weak_threshold: float = 0.7  # gamma_w: unlabelled pixels that enter the contrast
+    strong_threshold: float = 0.8  # gamma_s: hard anchors (0.8 for mix/cross, 0.97 in ori's YAML)
+    num_queries: int = 256  # anchors per class
+    num_negatives: int = 512  # keys per anchor
+    prototype_momentum: float = 0.99
+    rampdown_epochs: int | None = 200  # mix/cross contrast weight exp(-5 (e/E)^2), 0 from E on; null: 1
+    strong_scales: list[float] = dataclasses.field(default_factory=lambda: [0.5, 2.0])  # VOC: [0.5, 1.5]
+    quantize_confidence: bool = True  # true: floor(255 c)/255, the code's 8-bit image; false: exact
+
+    def check(self, path: str) -> None:
+        _choice(path + ".label", self.label, ("ori", "mix", "cross"))
+        _at_least(path + ".warmup_epochs", self.warmup_epochs, 0)
+        for key in ("rep_temperature", "contrast_temperature"):
+            _positive(f"{path}.{key}", getattr(self, key))
+        for key in ("unsup_threshold", "weak_threshold", "strong_threshold"):
+            _fraction(f"{path}.{key}", getattr(self, key), closed_top=True)
+        for key in ("num_queries", "num_negatives"):
+            _at_least(f"{path}.{key}", getattr(self, key), 1)
+        _fraction(path + ".prototype_momentum", self.prototype_momentum)
+        if self.rampdown_epochs is not None:
+            _at_least(path + ".rampdown_epochs", self.rampdown_epochs, 1)
+        if len(self.strong_scales) != 2 or not 0 < self.strong_scales[0] <= self.strong_scales[1]:
+            raise ParamsError(f"params: {path}.strong_scales must be [low, high] with 0 < low <= high, "
+                              f"got {self.strong_scales}")
+
+
+@dataclasses.dataclass
 class TrainParams:
-    method: str = "stpg"  # supervised | mean_teacher | stpg | cpcl | lpl
+    method: str = "stpg"  # supervised | mean_teacher | stpg | cpcl | lpl | css
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 where supported) | fp32 | bf16 | fp16
     iters: int = 1000
@@ -145,6 +188,8 @@ class TrainParams:
     ohem_min_kept: int = 50000  # per image in the batch
     ema_decay: float = 0.99
     unsup_weight: float = 1.0
+    # Sigmoid ramp-up of the unsupervised weight over this fraction of the run (0 = full weight from the start)
+    unsup_rampup: float = 0.0
     checkpoint_every: int = 100
     eval_every: int = 250
     log_every: int = 10
@@ -155,14 +200,29 @@ class TrainParams:
     stpg: StpgParams = dataclasses.field(default_factory=StpgParams)
     cpcl: CpclParams = dataclasses.field(default_factory=CpclParams)
     lpl: LplParams = dataclasses.field(default_factory=LplParams)
+    css: CssParams = dataclasses.field(default_factory=CssParams)
 
     def check(self, path: str) -> None:
-        _choice(path + ".method", self.method, ("supervised", "mean_teacher", "stpg", "cpcl", "lpl"))
+        _choice(path + ".method", self.method, ("supervised", "mean_teacher", "stpg", "cpcl", "lpl", "css"))
         _choice(path + ".device", self.device, ("auto", "cpu", "cuda"))
         _choice(path + ".precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _choice(path + ".sup_loss", self.sup_loss, ("ce", "ohem"))
         if len(self.crop) != 2:
             raise ParamsError(f"params: {path}.crop must be [height, width], got {self.crop}")
+        for key in ("iters", "batch_size", "checkpoint_every", "log_every"):
+            _at_least(f"{path}.{key}", getattr(self, key), 1)
+        _at_least(f"{path}.eval_every", self.eval_every, 0)
+        _at_least(f"{path}.workers", self.workers, 0)
+        for i, size in enumerate(self.crop):
+            _at_least(f"{path}.crop[{i}]", size, 1)
+        if not self.scales or min(self.scales) <= 0:
+            raise ParamsError(f"params: {path}.scales must be a non-empty list of positive factors, got {self.scales}")
+        for key in ("lr", "poly_power"):
+            _positive(f"{path}.{key}", getattr(self, key))
+        for key in ("momentum", "ema_decay", "unsup_rampup"):
+            _fraction(f"{path}.{key}", getattr(self, key), closed_top=key == "unsup_rampup")
+        for key in ("weight_decay", "unsup_weight"):
+            _at_least(f"{path}.{key}", getattr(self, key), 0)
 
 
 @dataclasses.dataclass
@@ -173,6 +233,8 @@ class EvaluateParams:
 
     def check(self, path: str) -> None:
         _choice(path + ".mode", self.mode, ("sliding", "whole"))
+        if len(self.crop) != 2 or min(self.crop) < 1:
+            raise ParamsError(f"params: {path}.crop must be [height, width] of positive sizes, got {self.crop}")
 
 
 @dataclasses.dataclass
@@ -227,6 +289,9 @@ class SegmentDemoParams:
     backend: str = "onnxruntime"
     alpha: float = 0.5
 
+    def check(self, path: str) -> None:
+        _fraction(path + ".alpha", self.alpha, closed_top=True)
+
 
 @dataclasses.dataclass
 class BenchmarkParams:
@@ -234,6 +299,33 @@ class BenchmarkParams:
     iters: int = 30
     frames: int = 120
     threads: int = 2
+
+    def check(self, path: str) -> None:
+        _at_least(path + ".warmup", self.warmup, 0)
+        for key in ("iters", "frames", "threads"):
+            _at_least(f"{path}.{key}", getattr(self, key), 1)
+
+
+@dataclasses.dataclass
+class SslBenchmarkParams:
+    """The semi-supervised benchmark (training/ssl_benchmark.py, docs/ssl_benchmark.md): its own
+    low-resolution data and split, and one set of overrides of the train section for every arm alike."""
+    out_dir: str = "data/ssl"
+    data: SyntheticParams = dataclasses.field(default_factory=lambda: SyntheticParams(height=128, width=256))
+    labeled_ratio: int = 16
+    split_seed: int = 0
+    arms: list[str] = dataclasses.field(default_factory=lambda: ["full", "supervised", "mean_teacher", "stpg"])
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
+    warmup_iters: int = 500  # supervised warm-up on the labeled images whose backbone starts every arm; 0: none
+    eval_mode: str = "whole"
+    train: dict = dataclasses.field(default_factory=dict)  # overrides of the train section
+
+    def check(self, path: str) -> None:
+        _at_least(path + ".labeled_ratio", self.labeled_ratio, 2)
+        _at_least(path + ".warmup_iters", self.warmup_iters, 0)
+        _choice(path + ".eval_mode", self.eval_mode, ("sliding", "whole"))
+        if not self.arms or not self.seeds:
+            raise ParamsError(f"params: {path}.arms and {path}.seeds must each name at least one entry")
 
 
 _SECTIONS: dict[str, type] = {
@@ -245,7 +337,24 @@ _SECTIONS: dict[str, type] = {
     "export": ExportParams,
     "segment_demo": SegmentDemoParams,
     "benchmark": BenchmarkParams,
+    "ssl_benchmark": SslBenchmarkParams,
 }
+
+
+def _at_least(key: str, value, minimum) -> None:
+    if value < minimum:
+        raise ParamsError(f"params: {key} must be >= {minimum}, got {value!r}")
+
+
+def _positive(key: str, value) -> None:
+    if value <= 0:
+        raise ParamsError(f"params: {key} must be > 0, got {value!r}")
+
+
+def _fraction(key: str, value, closed_top: bool = False) -> None:
+    """0 <= value < 1 (or <= 1 with closed_top)."""
+    if not (0 <= value <= 1 if closed_top else 0 <= value < 1):
+        raise ParamsError(f"params: {key} must be in [0, 1{']' if closed_top else ')'}, got {value!r}")
 
 
 def _choice(key: str, value, allowed) -> None:
@@ -279,6 +388,10 @@ def _convert(tp, value, key: str):
         return [_convert(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is dict:  # free-form overrides, validated where they are merged
+        if not isinstance(value, dict):
+            raise ParamsError(f"params: {key} must be a mapping, got {value!r}")
+        return value
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise ParamsError(f"params: {key} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
@@ -300,8 +413,8 @@ def build(cls, raw: dict, path: str):
     return obj
 
 
-def load(section: str, path: str | Path = "params.yaml"):
-    """The typed params of one section; missing keys take the schema defaults."""
+def load_raw(path: str | Path = "params.yaml") -> dict:
+    """params.yaml as a plain mapping, every section validated."""
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"params: {path} not found; run from the project root or pass --params")
@@ -309,11 +422,41 @@ def load(section: str, path: str | Path = "params.yaml"):
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ParamsError(f"params: {path} is not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params: {path} must be a mapping of sections; fix the file")
     unknown = sorted(set(raw) - set(_SECTIONS))
     if unknown:
         raise ParamsError(f"params: unknown section {unknown[0]!r} (known: {', '.join(sorted(_SECTIONS))})")
-    if section not in _SECTIONS:
-        raise KeyError(section)
     # Validate every section, so a typo anywhere fails the first stage that runs.
     sections = {name: build(cls, raw.get(name) or {}, name) for name, cls in _SECTIONS.items()}
-    return sections[section]
+    ssl = sections["ssl_benchmark"]
+    for arm in ssl.arms:
+        ssl_train_params(raw, arm, ssl.seeds[0])
+    return raw
+
+
+def load(section: str, path: str | Path = "params.yaml"):
+    """The typed params of one section; missing keys take the schema defaults."""
+    if section not in _SECTIONS:
+        raise KeyError(section)
+    raw = load_raw(path)
+    return build(_SECTIONS[section], raw.get(section) or {}, section)
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` laid over it, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def ssl_train_params(raw: dict, arm: str, seed: int) -> TrainParams:
+    """The train section of one benchmark row: train, then ssl_benchmark.train, then the arm's method and seed.
+
+    The arm `full` is supervised training with every train image labeled (the upper bound).
+    """
+    overrides = (raw.get("ssl_benchmark") or {}).get("train") or {}
+    row = merged(merged(raw.get("train") or {}, overrides),
+                 {"method": "supervised" if arm == "full" else arm, "seed": seed})
+    return build(TrainParams, row, f"ssl_benchmark.train (arm {arm})")

@@ -6,6 +6,8 @@ equal-length loaders, and epoch-based switches (memory bank, contrastive loss) a
 """
 from __future__ import annotations
 
+import math
+
 
 def poly_lr(base_lr: float, iteration: int, total_iters: int, power: float = 0.9,
             min_lr: float = 0.0) -> float:
@@ -18,6 +20,13 @@ def poly_lr(base_lr: float, iteration: int, total_iters: int, power: float = 0.9
         raise ValueError(f"total_iters must be positive, got {total_iters}")
     factor = max(0.0, 1.0 - iteration / total_iters) ** power
     return max(base_lr * factor, min_lr)
+
+
+def sigmoid_rampup(iteration: int, rampup_iters: float) -> float:
+    """exp(-5 (1 - t/T)^2) for t < T, then 1: the unsupervised-weight ramp of mean-teacher work."""
+    if iteration >= rampup_iters:
+        return 1.0
+    return math.exp(-5.0 * (1.0 - iteration / rampup_iters) ** 2)
 
 
 def split_sizes(pool: int, ratio: int) -> tuple[int, int]:

@@ -81,7 +81,9 @@ def main(argv=None) -> None:
             name: {"labeled": round(float(freq_lab[c]), 6), "all": round(float(freq_all[c]), 6)}
             for c, name in enumerate(info.classes)},
     })
-    print(f"split 1/{cfg.labeled_ratio}: {len(labeled)} labeled, {len(unlabeled)} unlabeled -> {out}")
+    note = "" if unlabeled else ("; no image is left unlabeled, so only train.method: supervised can use this split "
+                                 "(split.labeled_ratio 2 or more leaves unlabeled images for the other methods)")
+    print(f"split 1/{cfg.labeled_ratio}: {len(labeled)} labeled, {len(unlabeled)} unlabeled -> {out}{note}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ def main(argv=None) -> None:
         labeled, unlabeled = [tuple(p) for p in manifest["train"]], []
     else:
         labeled = datasets.read_pairs_file(f"{args.splits}/labeled.txt")
-        unlabeled = datasets.read_pairs_file(f"{args.splits}/unlabeled.txt")
+        unlabeled = datasets.read_pairs_file(f"{args.splits}/unlabeled.txt", allow_empty=True)
     image_classes = None
     if method_class(cfg.method).needs_image_classes:  # LPL: image-level labels of every training image
         image_classes = splits.read_image_classes(f"{args.splits}/{splits.IMAGE_CLASSES_FILE}",

@@ -70,10 +70,39 @@ def test_resume_is_exact(tmp_path, tiny):
     assert int(b["memory.counts"].sum()) > 0  # the memory bank was filled and resumed too
 
 
-def test_checkpoint_of_another_method_is_refused(tmp_path, tiny):
+@pytest.mark.parametrize("change", [dict(method="mean_teacher"), dict(iters=3), dict(lr=0.02)])
+def test_checkpoint_of_another_run_is_not_resumed(tmp_path, tiny, capsys, change):
+    """A finished 2-iteration run must not stamp its weights as a run with other settings."""
     trainer(tmp_path, tiny, method="supervised", iters=2).fit()
-    with pytest.raises(CheckpointError, match="method='supervised'"):
-        trainer(tmp_path, tiny, method="mean_teacher", iters=4).fit()
+    capsys.readouterr()
+    other = trainer(tmp_path, tiny, **{"method": "supervised", "iters": 2, **change})
+    assert other.load_checkpoint() == 0
+    [line] = capsys.readouterr().err.splitlines()
+    key, value = next(iter(change.items()))
+    assert f"belongs to another run (train.{key}: " in line and f"-> {value!r}" in line and "starting afresh" in line
+
+
+def test_checkpoint_of_another_split_is_not_resumed(tmp_path, tiny, capsys):
+    manifest, labeled, unlabeled = tiny
+    trainer(tmp_path, tiny, method="supervised", iters=2).fit()
+    cfg = tiny_cfg(tmp_path, method="supervised", iters=2)
+    other = Trainer(cfg, MODEL, manifest, unlabeled[:2], labeled + unlabeled[2:], live_dir=None, progress=False)
+    assert other.load_checkpoint() == 0
+    assert "split.labeled" in capsys.readouterr().err
+
+
+def test_changes_that_do_not_alter_learning_still_resume(tmp_path, tiny):
+    trainer(tmp_path, tiny, method="supervised", iters=2).fit()
+    again = trainer(tmp_path, tiny, method="supervised", iters=2, log_every=5, workers=1, eval_every=7)
+    assert again.load_checkpoint() == 2
+
+
+def test_damaged_checkpoint_is_named_with_the_fix(tmp_path, tiny):
+    trainer(tmp_path, tiny, method="supervised", iters=2).fit()
+    path = tmp_path / "ckpt/last.pt"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"last.pt is damaged or unreadable .*delete .*ckpt to start afresh"):
+        trainer(tmp_path, tiny, method="supervised", iters=2).fit()
 
 
 def test_poly_lr_reaches_optimizer(tmp_path, tiny):

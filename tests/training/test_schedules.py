@@ -1,7 +1,7 @@
 """Schedules and iteration counts: specs/stpg.md §2.1, §6 and T12."""
 import pytest
 
-from training.schedules import epoch_of, iters_per_epoch, poly_lr, split_sizes
+from training.schedules import epoch_of, iters_per_epoch, poly_lr, sigmoid_rampup, split_sizes
 
 
 def test_poly_lr_t12():
@@ -61,3 +61,12 @@ def test_bad_arguments():
         iters_per_epoch(10, 10, 0)
     with pytest.raises(ValueError, match="total_iters"):
         poly_lr(0.01, 0, 0)
+
+
+def test_sigmoid_rampup_hand_values():
+    # exp(-5 (1 - t/T)^2): t=0 -> exp(-5), t=T/2 -> exp(-1.25), t>=T -> 1
+    assert sigmoid_rampup(0, 100) == pytest.approx(0.006737947, rel=1e-6)
+    assert sigmoid_rampup(50, 100) == pytest.approx(0.286504797, rel=1e-6)
+    assert sigmoid_rampup(90, 100) == pytest.approx(0.951229425, rel=1e-6)
+    assert sigmoid_rampup(100, 100) == 1.0
+    assert sigmoid_rampup(0, 0) == 1.0  # no ramp: full weight from the first iteration

@@ -21,7 +21,10 @@ def method_class(name: str) -> type[Method]:
     if name == "lpl":
         from training.methods.lpl import LPL
         return LPL
-    raise ValueError(f"unknown method {name!r}; use supervised, mean_teacher, stpg, cpcl or lpl")
+    if name == "css":
+        from training.methods.css import CSS
+        return CSS
+    raise ValueError(f"unknown method {name!r}; use supervised, mean_teacher, stpg, cpcl, lpl or css")
 
 
 __all__ = ["Method", "MethodContext", "method_class"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from training.methods import ema, losses
+from training.schedules import sigmoid_rampup
 
 
 @dataclass
@@ -62,6 +63,11 @@ class Method(nn.Module):
                                   min_kept=self.cfg.ohem_min_kept * logits.shape[0],
                                   class_weights=self.class_weights)
         return losses.ce(logits.float(), target)
+
+    def unsup_weight(self, iteration: int) -> float:
+        """train.unsup_weight under the sigmoid ramp-up over the first train.unsup_rampup of the run
+        (docs/ssl_benchmark.md); a Python float, so no host sync."""
+        return self.cfg.unsup_weight * sigmoid_rampup(iteration, self.cfg.unsup_rampup * self.cfg.iters)
 
     def make_teacher(self, student: nn.Module) -> nn.Module:
         """A fresh network holding a copy of the student's parameters, never trained by SGD.

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = 255
 
@@ -248,3 +249,132 @@ def anchor_contrast_loss(features: torch.Tensor, labels: torch.Tensor, assigned_
             active = enough_features & (memory.counts > 1)
             total = total + torch.where(active, similarity_term, torch.zeros_like(similarity_term)).sum()
     return total / num_classes
+
+
+# ---- CSS: a zero-initialised prototype bank and prototype-positive InfoNCE (docs/methods/css.md) ----
+
+class PrototypeBank(nn.Module):
+    """Un-normalised class prototypes: zero until a class is first seen, then a momentum average
+    of its batch means.
+
+    Under torch.distributed the batch means pool every rank's pixels and a class moves wherever
+    any rank saw it, so all ranks keep the same prototypes and a checkpoint of one rank resumes
+    them all. Buffer: `vectors` (K, D).
+    """
+
+    def __init__(self, num_classes: int, dim: int, momentum: float = 0.99):
+        super().__init__()
+        self.num_classes = num_classes
+        self.momentum = momentum
+        self.register_buffer("vectors", torch.zeros(num_classes, dim))
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
+        """P_c <- m_c if P_c is all zero, else momentum * P_c + (1 - momentum) * m_c.
+
+        features (B, D, h, w), labels (B, h, w); m_c is the mean feature of class c, and a class
+        without a pixel (labels outside [0, K) belong to none) keeps P_c.
+        """
+        with torch.autocast(features.device.type, enabled=False):
+            member = _one_hot(_class_bins(labels, self.num_classes), self.num_classes)
+            sums = member.T @ _flatten_features(features.detach()).float()
+            counts = member.sum(dim=0)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.all_reduce(sums)
+                torch.distributed.all_reduce(counts)
+            means = sums / counts.clamp(min=1)[:, None]
+            unset = (self.vectors == 0).all(dim=1, keepdim=True)
+            moved = torch.where(unset, means, self.momentum * self.vectors + (1.0 - self.momentum) * means)
+            self.vectors.copy_(torch.where((counts > 0)[:, None], moved, self.vectors))
+
+
+def prototype_cosines(features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """(B, K, h, w) cosine of every feature (B, D, h, w) to every prototype (K, D); 0 to a zero prototype."""
+    with torch.autocast(features.device.type, enabled=False):
+        unit = F.normalize(features.float(), dim=1)
+        return torch.einsum("bdhw,kd->bkhw", unit, F.normalize(prototypes.float(), dim=1))
+
+
+def negative_class_probabilities(prototypes: torch.Tensor, present: torch.Tensor,
+                                 temperature: float) -> torch.Tensor:
+    """(K, K): row c is softmax_j(cos(P_c, P_j) / temperature) over the present classes j != c.
+
+    Entries outside that set are 0, and so is a row with no candidate at all.
+    """
+    unit = F.normalize(prototypes.float(), dim=1)
+    eye = torch.eye(len(unit), dtype=torch.bool, device=unit.device)
+    candidate = present[None, :] & ~eye
+    logits = (unit @ unit.T / temperature).masked_fill(~candidate, float("-inf"))
+    return torch.nan_to_num(torch.softmax(logits, dim=1), nan=0.0)
+
+
+def _grouped(bins: torch.Tensor, num_classes: int):
+    """Pixel indices sorted by class (stable), each class's first position there, and its size."""
+    order = torch.sort(bins, stable=True).indices
+    sizes = torch.zeros(num_classes + 1, dtype=torch.int64, device=bins.device)
+    sizes.index_add_(0, bins, torch.ones(1, dtype=torch.int64, device=bins.device).expand_as(bins))
+    starts = torch.cumsum(sizes, dim=0) - sizes
+    return order, starts[:num_classes], sizes[:num_classes]
+
+
+def _uniform_members(grouped, classes: torch.Tensor) -> torch.Tensor:
+    """One uniformly drawn pixel index of each entry of `classes`, with replacement.
+
+    An empty class yields some in-range index; the caller masks what it computes from it.
+    """
+    order, starts, sizes = grouped
+    size = sizes[classes]
+    offset = (torch.rand(classes.shape, device=classes.device) * size).long()
+    offset = torch.minimum(offset, size - 1).clamp(min=0)
+    return order[(starts[classes] + offset).clamp(max=order.numel() - 1)]
+
+
+def _info_nce(anchors, positive, keys, negative_index, temperature: float) -> torch.Tensor:
+    """mean_q -log softmax([a_q.p, a_q.n_q1, ..., a_q.n_qK] / t)[0] over unit vectors."""
+    negatives = torch.einsum("qd,qkd->qk", anchors, keys[negative_index])
+    logits = torch.cat([(anchors @ positive)[:, None], negatives], dim=1) / temperature
+    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+
+
+def prototype_infonce_loss(features: torch.Tensor, labels: torch.Tensor, hard: torch.Tensor,
+                           prototypes: torch.Tensor, num_queries: int = 256, num_negatives: int = 512,
+                           temperature: float = 0.5) -> torch.Tensor:
+    """CSS's contrast: hard anchors against their class prototype and similarity-drawn negatives.
+
+    features (B, D, h, w) carry the gradient; labels (B, h, w) give each pixel's class in the
+    valid set (outside [0, K) = not valid); hard (B, h, w) marks the anchor candidates;
+    prototypes (K, D) are the positives, constants. A class is present if it has a valid pixel.
+    For each present class c with a hard pixel: `num_queries` anchors drawn uniformly from its
+    hard pixels, each with `num_negatives` keys, drawn by first choosing a class j with
+    `negative_class_probabilities` and then a uniform valid pixel of j; the class loss is the
+    InfoNCE of cosines over `temperature` with the prototype as the positive. The sum of class
+    losses is divided by the number of present classes, classes without hard pixels included,
+    and the loss is 0 with at most one class present. Every draw is a device tensor, so nothing
+    syncs; each class's keys are gathered again in backward (checkpoint) rather than kept, which
+    bounds memory to one class's (Q, K, D) block.
+    """
+    num_classes = prototypes.shape[0]
+    with torch.autocast(features.device.type, enabled=False):
+        unit = F.normalize(_flatten_features(features).float(), dim=1)
+        keys = unit.detach()
+        bins = _class_bins(labels, num_classes)
+        valid = _grouped(bins, num_classes)
+        hard_set = _grouped(torch.where(hard.reshape(-1), bins, num_classes), num_classes)
+        present = valid[2] > 0
+        classes = torch.arange(num_classes, device=unit.device)
+
+        anchors = unit[_uniform_members(hard_set, classes[:, None].expand(-1, num_queries))]  # (K, Q, D)
+        cumulative = negative_class_probabilities(prototypes, present, temperature).cumsum(dim=1)
+        draws = torch.rand(num_classes, num_queries * num_negatives, device=unit.device) * cumulative[:, -1:]
+        negative_classes = torch.searchsorted(cumulative, draws, right=True).clamp(max=num_classes - 1)
+        negative_index = _uniform_members(valid, negative_classes).reshape(num_classes, num_queries, num_negatives)
+        positives = F.normalize(prototypes.detach().float(), dim=1)
+
+        class_losses = torch.stack([
+            checkpoint(_info_nce, anchors[c], positives[c], keys, negative_index[c], temperature,
+                       use_reentrant=False, preserve_rng_state=False)
+            for c in range(num_classes)])
+        counted = present & (hard_set[2] > 0)
+        total = torch.where(counted, class_losses, torch.zeros_like(class_losses)).sum()
+        num_present = present.sum()
+        return torch.where(num_present > 1, total / num_present.clamp(min=1), torch.zeros_like(total))

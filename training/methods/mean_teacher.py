@@ -19,7 +19,7 @@ class MeanTeacher(Method):
         u0, u1, mask = batch["unlabeled"], batch["mix"], batch["mask"]
         pseudo, confidence = mixed_pseudo_labels(self.teacher, u0, u1, mask)
         unsup = losses.weighted_ce(self.student(cutmix(u0, u1, mask)).float(), pseudo, confidence)
-        return {"loss": sup + self.cfg.unsup_weight * unsup, "sup": sup, "unsup": unsup}
+        return {"loss": sup + self.unsup_weight(iteration) * unsup, "sup": sup, "unsup": unsup}
 
     def param_groups(self, weight_decay):
         return self.student.param_groups(weight_decay)

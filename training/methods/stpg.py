@@ -59,7 +59,7 @@ class STPG(Method):
         # 5. general (all pixels, Pro-Teacher labels) and professional (selected, Gen-Teacher) losses
         gen = losses.weighted_ce(gen_logits_u.float(), pro_pseudo, pro_conf)
         pro = losses.weighted_ce(pro_logits_u.float(), gen_pseudo, gen_conf * selected)
-        total = sup + self.cfg.unsup_weight * (gen + pro)
+        total = sup + self.unsup_weight(iteration) * (gen + pro)
         out = {"sup": sup, "gen": gen, "pro": pro}
 
         # 6. memory bank from confident, correct labeled pixels of a teacher (Pro-Teacher in the code)

@@ -1,0 +1,56 @@
+"""The semi-supervised benchmark's bookkeeping: row summary, gate and recovered gap (hand-computed)."""
+import pytest
+
+from training import params
+from training.ssl_summary import summarise
+
+
+def row(arm, seed, miou):
+    return {"arm": arm, "method": "supervised" if arm == "full" else arm, "seed": seed, "miou": miou}
+
+
+def test_gate_and_recovered_gap_hand_values():
+    rows = [row("full", 1, 0.30), row("full", 2, 0.32),  # mean 0.31, spread 0.02
+            row("supervised", 1, 0.20), row("supervised", 2, 0.21),  # mean 0.205, spread 0.01
+            row("stpg", 1, 0.25), row("stpg", 2, 0.27)]  # mean 0.26
+    summary = summarise(rows, ["full", "supervised", "stpg"], [1, 2])
+    gate = summary["gate"]
+    assert gate["full_miou"] == pytest.approx(0.31) and gate["sup_miou"] == pytest.approx(0.205)
+    assert gate["headroom"] == pytest.approx(0.105) and gate["seed_spread"] == pytest.approx(0.02)
+    assert gate["passed"]  # 10.5 points >= 5 and >= 3 x 2 points
+    # (0.26 - 0.205) / 0.105 = 0.5238
+    assert summary["recovered"] == {"stpg": pytest.approx(0.5238, abs=1e-4)}
+    assert summary["arms"]["stpg"] == {"mean": pytest.approx(0.26), "spread": pytest.approx(0.02), "seeds": 2}
+    assert summary["missing"] == []
+
+
+def test_gate_fails_on_spread_and_missing_rows_are_listed():
+    rows = [row("full", 1, 0.30), row("full", 2, 0.40), row("supervised", 1, 0.20), row("supervised", 2, 0.22)]
+    summary = summarise(rows, ["full", "supervised", "stpg"], [1, 2])
+    # headroom 0.14 >= 0.05 but < 3 x 0.10
+    assert summary["gate"]["headroom"] == pytest.approx(0.14) and not summary["gate"]["passed"]
+    assert summary["missing"] == ["stpg-1", "stpg-2"]
+    assert "stpg" not in summary["recovered"]
+
+
+def test_rows_train_what_params_say(tmp_path):
+    raw = params.load_raw()
+    ssl = params.load("ssl_benchmark")
+    full = params.ssl_train_params(raw, "full", ssl.seeds[0])
+    stpg = params.ssl_train_params(raw, "stpg", ssl.seeds[1])
+    assert full.method == "supervised" and stpg.method == "stpg" and stpg.seed == ssl.seeds[1]
+    for key, value in ssl.train.items():
+        if not isinstance(value, dict):
+            assert getattr(stpg, key) == value, key
+    # The STPG switches sit where the official recipe puts them in its own run: about 4 % and 8 %.
+    n_labeled = ssl.data.num_train // ssl.labeled_ratio
+    per_epoch = (ssl.data.num_train - n_labeled) // stpg.batch_size
+    assert stpg.stpg.memory_start_epoch * per_epoch / stpg.iters == pytest.approx(0.04, abs=0.015)
+    assert stpg.stpg.contrast_start_epoch * per_epoch / stpg.iters == pytest.approx(0.08, abs=0.015)
+
+
+def test_unknown_override_is_refused_with_its_key(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("ssl_benchmark:\n  train:\n    itres: 10\n")
+    with pytest.raises(params.ParamsError, match=r"unknown key ssl_benchmark.train \(arm full\).itres"):
+        params.load("train", path)

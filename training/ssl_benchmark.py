@@ -1,0 +1,141 @@
+"""The semi-supervised benchmark: every arm on one low-resolution embedded split that leaves room for
+unlabeled images to help (docs/ssl_benchmark.md). DVC runs it as `ssl_prepare` -> `ssl_run@<arm>-<seed>`
+-> `ssl_aggregate`; by hand:
+
+    python -m training.ssl_benchmark prepare                 # data and split under ssl_benchmark.out_dir
+    python -m training.ssl_benchmark run --arm stpg --seed 1  # one row -> metrics/ssl/stpg-1.json
+    python -m training.ssl_summary                           # the finished rows -> metrics/ssl_benchmark.json
+
+A row first warms a backbone up with supervised training on the labeled images (the stand-in for the
+ImageNet weights this machine cannot download; the rows of one seed share it through its checkpoint),
+then trains its arm from that backbone and evaluates the arm's evaluated network on the val set. Every
+stage resumes from its checkpoints when it is started again.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from runtime import files
+from training import cli, params
+from training import prepare as prepare_stage
+from training import split as split_stage
+from training.data import datasets
+from training.deployable import save_atomic
+from training.engine import CheckpointError, Trainer
+from training.evaluate import evaluate_model
+from training.ssl_summary import BASELINE, FULL, ROWS_DIR
+
+CHECKPOINTS = Path("checkpoints/ssl")
+
+
+def _dirs(ssl) -> tuple[Path, Path]:
+    return Path(ssl.out_dir) / "prepared", Path(ssl.out_dir) / "splits"
+
+
+def prepare(params_path: str) -> None:
+    ssl = params.load("ssl_benchmark", params_path)
+    prepared, splits_dir = _dirs(ssl)
+    num_train, num_val, _ = prepare_stage.prepare(params.DataParams(synthetic=ssl.data), prepared)
+    with tempfile.TemporaryDirectory() as tmp:  # the split stage's own code, on the benchmark's split params
+        split_params = Path(tmp) / "params.yaml"
+        split_params.write_text(yaml.safe_dump({"split": {
+            "labeled_ratio": ssl.labeled_ratio, "seed": ssl.split_seed, "out_dir": str(splits_dir)}}))
+        split_stage.main(["--params", str(split_params), "--manifest", str(prepared / "manifest.json"),
+                          "--metrics", str(splits_dir / "split.json")])
+    print(f"ssl benchmark data: {num_train} train, {num_val} val images at "
+          f"{ssl.data.height}x{ssl.data.width} -> {prepared}, {splits_dir}")
+
+
+def _warm_backbone(raw: dict, ssl, seed: int, model_cfg, manifest, labeled) -> tuple[Path, dict]:
+    """Supervised training on the labeled images only; its backbone (never its head) starts every arm."""
+    folder = CHECKPOINTS / f"warmup-{seed}"
+    cfg = dataclasses.replace(params.ssl_train_params(raw, BASELINE, seed), iters=ssl.warmup_iters,
+                              checkpoint_dir=str(folder))
+    trainer = Trainer(cfg, model_cfg, manifest, labeled, [], None, live_dir=None,
+                      data_params=dataclasses.asdict(ssl.data))
+    trainer.fit()  # a finished warm-up is loaded from its checkpoint, not trained again
+    path = folder / "backbone.pt"
+    save_atomic({"state_dict": trainer.method.evaluated_network().backbone.state_dict()}, path)
+    return path, {**trainer.identity, "iters": cfg.iters}
+
+
+def run_row(arm: str, seed: int, params_path: str) -> dict:
+    raw = params.load_raw(params_path)
+    ssl = params.load("ssl_benchmark", params_path)
+    if arm not in ssl.arms or seed not in ssl.seeds:
+        raise params.ParamsError(f"params: arm {arm!r} seed {seed} is not in ssl_benchmark.arms x seeds "
+                                 f"({', '.join(ssl.arms)} x {ssl.seeds}); add it there first")
+    model_cfg = params.load("model", params_path)
+    prepared, splits_dir = _dirs(ssl)
+    manifest = datasets.read_manifest(prepared / "manifest.json")
+    labeled = datasets.read_pairs_file(splits_dir / "labeled.txt")
+    unlabeled = datasets.read_pairs_file(splits_dir / "unlabeled.txt")
+    identity = {"data": dataclasses.asdict(ssl.data)}
+
+    started = time.perf_counter()
+    if ssl.warmup_iters:
+        backbone, identity["warmup"] = _warm_backbone(raw, ssl, seed, model_cfg, manifest, labeled)
+        model_cfg = dataclasses.replace(model_cfg, pretrained=str(backbone))
+    warmup_seconds = time.perf_counter() - started
+
+    cfg = dataclasses.replace(params.ssl_train_params(raw, arm, seed), checkpoint_dir=str(CHECKPOINTS / f"{arm}-{seed}"))
+    if arm == FULL:
+        labeled, unlabeled = [tuple(p) for p in manifest["train"]], []
+    trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, None, live_dir=f"dvclive/ssl/{arm}-{seed}",
+                      data_params=identity)
+    started = time.perf_counter()
+    history = trainer.fit()
+    train_seconds = time.perf_counter() - started
+    timed = cfg.iters - trainer.start_iteration
+
+    started = time.perf_counter()
+    result = evaluate_model(trainer.method.evaluated_network(), manifest["val"], trainer.info.num_classes,
+                            ssl.eval_mode, (ssl.data.height, ssl.data.width), trainer.device, trainer.autocast_dtype)
+    row = {
+        "arm": arm, "method": cfg.method, "seed": seed,
+        "miou": round(result["miou"], 6),
+        "per_class_iou": {name: None if v != v else round(float(v), 6)
+                          for name, v in zip(trainer.info.classes, result["per_class_iou"])},
+        "num_labeled": len(labeled), "num_unlabeled": len(unlabeled), "iters": cfg.iters,
+        "precision": str(trainer.autocast_dtype or torch.float32).removeprefix("torch."),
+        # median over the iterations this process trained (all of them unless it resumed), so a paused
+        # process or a checkpoint write does not count
+        "seconds_per_iteration": round(statistics.median(trainer.iteration_seconds), 4) if timed else None,
+        "iterations_timed": timed, "train_seconds": round(train_seconds, 1),
+        "warmup_seconds": round(warmup_seconds, 1), "eval_seconds": round(time.perf_counter() - started, 1),
+        "threads": torch.get_num_threads(), "load_average": [round(x, 2) for x in os.getloadavg()],
+        "final_losses": {k.removeprefix("train/"): round(v, 5) for k, v in history.items()},
+        "params": {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
+                   "ssl_benchmark": {k: v for k, v in dataclasses.asdict(ssl).items() if k not in ("arms", "seeds")}},
+    }
+    files.write_json(ROWS_DIR / f"{arm}-{seed}.json", row)
+    print(f"ssl benchmark {arm} seed {seed}: mIoU {100 * result['miou']:.2f} -> {ROWS_DIR / f'{arm}-{seed}.json'}")
+    return row
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default="params.yaml")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("prepare", help="render the benchmark's data and make its split")
+    run = commands.add_parser("run", help="warm up, train and evaluate one arm and seed")
+    run.add_argument("--arm", required=True)
+    run.add_argument("--seed", type=int, required=True)
+    args = parser.parse_args(argv)
+    if args.command == "prepare":
+        prepare(args.params)
+    else:
+        run_row(args.arm, args.seed, args.params)
+
+
+if __name__ == "__main__":
+    cli.run(main, CheckpointError)

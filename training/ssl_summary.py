@@ -1,0 +1,68 @@
+"""DVC stage `ssl_aggregate`: the finished rows of the semi-supervised benchmark -> metrics/ssl_benchmark.json.
+
+Kept apart from training.ssl_benchmark so a change here never re-runs a training row.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from runtime import files
+from training import cli, params
+
+ROWS_DIR = Path("metrics/ssl")
+SUMMARY = Path("metrics/ssl_benchmark.json")
+FULL = "full"  # the upper bound: supervised training with every train image labeled
+BASELINE = "supervised"
+GATE_POINTS = 0.05  # full-label must beat 1/n supervised by 5 mIoU points ...
+GATE_SPREADS = 3  # ... and by 3x the larger spread between two seeds
+
+
+def summarise(rows: list[dict], arms: list[str], seeds: list[int]) -> dict:
+    """Mean and spread (max - min over seeds) per arm, the headroom gate, and the share of the
+    full-minus-supervised gap each semi-supervised arm recovers. mIoU stays a fraction."""
+    by_arm = {arm: {row["seed"]: row["miou"] for row in rows if row["arm"] == arm} for arm in arms}
+    arms_summary = {arm: {"mean": round(statistics.fmean(v.values()), 6), "spread": round(max(v.values()) - min(v.values()), 6),
+                          "seeds": len(v)} for arm, v in by_arm.items() if v}
+    summary = {
+        "rows": [{"arm": r["arm"], "method": r["method"], "seed": r["seed"], "miou": r["miou"],
+                  "seconds_per_iteration": r.get("seconds_per_iteration")} for r in rows],
+        "arms": arms_summary,
+        "missing": [f"{arm}-{seed}" for arm in arms for seed in seeds if seed not in by_arm[arm]],
+    }
+    full, sup = arms_summary.get(FULL), arms_summary.get(BASELINE)
+    if full and sup:
+        headroom = full["mean"] - sup["mean"]
+        spread = max(full["spread"], sup["spread"])
+        summary["gate"] = {"full_miou": full["mean"], "sup_miou": sup["mean"], "headroom": round(headroom, 6),
+                           "seed_spread": spread, "passed": headroom >= GATE_POINTS and headroom >= GATE_SPREADS * spread}
+        if headroom > 0:
+            summary["recovered"] = {arm: round((s["mean"] - sup["mean"]) / headroom, 4)
+                                    for arm, s in arms_summary.items() if arm not in (FULL, BASELINE)}
+    return summary
+
+
+def aggregate(params_path: str = "params.yaml") -> dict:
+    ssl = params.load("ssl_benchmark", params_path)
+    rows = []
+    for arm in ssl.arms:
+        for seed in ssl.seeds:
+            path = ROWS_DIR / f"{arm}-{seed}.json"
+            if path.exists():
+                rows.append(json.loads(path.read_text()))
+    summary = summarise(rows, ssl.arms, ssl.seeds)
+    files.write_json(SUMMARY, summary)
+    print(f"ssl benchmark: {len(rows)} rows, {len(summary['missing'])} missing -> {SUMMARY}")
+    return summary
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    aggregate(parser.parse_args(argv).params)
+
+
+if __name__ == "__main__":
+    cli.run(main)
