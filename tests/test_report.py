@@ -1,0 +1,55 @@
+"""Published tables come from metrics files only (tools/report.py)."""
+import json
+
+from tools import report
+
+
+def ssl_row(arm, seed, miou, seconds):
+    return {"arm": arm, "method": "supervised" if arm == "full" else arm, "seed": seed, "miou": miou,
+            "seconds_per_iteration": seconds, "num_labeled": 25, "num_unlabeled": 375, "precision": "bfloat16",
+            "params": {"ssl_benchmark": {"data": {"height": 128, "width": 256, "num_val": 100}, "labeled_ratio": 16,
+                                         "warmup_iters": 500},
+                       "train": {"iters": 2000, "batch_size": 8, "crop": [64, 128]}, "model": {"backbone": "resnet18"}}}
+
+
+def test_readme_and_docs_blocks_match_the_committed_metrics():
+    assert report.main(["--check"]) == 0
+
+
+def test_ssl_table_from_hand_made_rows():
+    rows = [ssl_row("full", 1, 0.30, 0.2), ssl_row("full", 2, 0.32, 0.21),
+            ssl_row("supervised", 1, 0.20, 0.2), ssl_row("supervised", 2, 0.21, 0.19),
+            ssl_row("stpg", 1, 0.25, 0.9)]
+    summary = {"arms": {"full": {"mean": 0.31, "spread": 0.02, "seeds": 2},
+                        "supervised": {"mean": 0.205, "spread": 0.01, "seeds": 2},
+                        "stpg": {"mean": 0.25, "spread": 0.0, "seeds": 1}},
+               "gate": {"full_miou": 0.31, "sup_miou": 0.205, "headroom": 0.105, "seed_spread": 0.02, "passed": True},
+               "recovered": {"stpg": 0.4286}, "missing": ["stpg-2"]}
+    text = report.render_ssl_benchmark(summary, rows)
+    assert "| STPG (Gen-Student) | 25.00 | - | 25.00 | 0.00 | 43 % | 0.900 |" in text
+    assert "| supervised, labeled images only | 20.00 | 21.00 | 20.50 | 1.00 | - | 0.190 |" in text
+    assert "= 10.50 points, seed spread 2.00: **passed**" in text
+    assert "Rows still to run: stpg-2" in text
+    assert text.startswith("25 labeled / 375 unlabeled synthetic images at 128x256 (1/16)")
+
+
+def test_missing_metrics_name_the_command():
+    assert report.render_ssl_benchmark(None, []) == "Not measured yet: run `make ssl-benchmark`."
+    assert report.render_export(None) == "Not measured yet: run `make demo`."
+
+
+def test_fill_replaces_only_its_block(tmp_path):
+    text = "a\n<!-- report:x -->\nold\nlines\n<!-- /report:x -->\nb\n"
+    assert report.fill(text, "x", "new", "f.md") == "a\n<!-- report:x -->\nnew\n<!-- /report:x -->\nb\n"
+    assert report.fill("<!-- report:x -->\n<!-- /report:x -->\n", "x", "t\n", "f.md") == \
+        "<!-- report:x -->\nt\n<!-- /report:x -->\n"
+
+
+def test_export_table_from_a_hand_made_report():
+    export = {"verify_images": 2, "input_size": [64, 128], "tensorrt": {"status": "skipped"},
+              "artefacts": {"onnx_int8": {"size_bytes": 16_800_000, "miou": 0.1114, "miou_torch": 0.1120,
+                                          "miou_delta_points": -0.06, "label_agreement": 0.96331,
+                                          "max_abs_logit_delta": 0.51}}}
+    text = report.render_export(export)
+    assert "| onnx_int8 | 16.8 | 11.14 | 11.20 | -0.06 | 0.9633 | 0.51 |" in text
+    json.dumps(export)  # the renderer must not have mutated the report

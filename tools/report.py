@@ -1,0 +1,158 @@
+"""Render every published results table from the metrics files, into the generated blocks of
+README.md and docs/ (between `<!-- report:NAME -->` and `<!-- /report:NAME -->`).
+
+    python -m tools.report           # rewrite the blocks from metrics/*.json
+    python -m tools.report --check   # exit 1 if a block differs from what the metrics say (CI)
+
+No figure in those blocks is typed by hand: a missing metrics file renders as "not measured yet"
+with the command that measures it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from runtime import files
+
+METRICS = Path("metrics")
+TARGETS = {"README.md": ("ssl_benchmark", "demo", "export"), "docs/ssl_benchmark.md": ("ssl_benchmark",),
+           "docs/benchmarks.md": ("latency",)}
+
+
+def _load(name: str) -> dict | None:
+    path = METRICS / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _points(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.2f}"
+
+
+def _delta(value: float | None) -> str:
+    return "- (labels)" if value is None else f"{value:.2g}"
+
+
+def _not_measured(command: str) -> str:
+    return f"Not measured yet: run `{command}`."
+
+
+ARM_NAMES = {"full": "supervised, every train image labeled (upper bound)", "supervised": "supervised, labeled images only",
+             "mean_teacher": "mean teacher", "stpg": "STPG (Gen-Student)", "cpcl": "CPCL (N1)",
+             "css": "CSS (EMA teacher)", "lpl": "LPL stage 1 (image-level labels on every image)"}
+
+
+def render_ssl_benchmark(summary: dict | None, rows: list[dict]) -> str:
+    if summary is None:
+        return _not_measured("make ssl-benchmark")
+    seeds = sorted({row["seed"] for row in rows})
+    by_arm = {}
+    for row in rows:
+        by_arm.setdefault(row["arm"], {})[row["seed"]] = row
+    first = rows[0] if rows else None
+    lines = []
+    if first:
+        ssl, train = first["params"]["ssl_benchmark"], first["params"]["train"]
+        lines += [f"{first['num_labeled']} labeled / {first['num_unlabeled']} unlabeled synthetic images at "
+                  f"{ssl['data']['height']}x{ssl['data']['width']} (1/{ssl['labeled_ratio']}), {ssl['data']['num_val']} val "
+                  f"images evaluated whole; {first['params']['model']['backbone']} DeepLabV3+, {train['iters']} iterations, "
+                  f"batch {train['batch_size']}, crop {train['crop'][0]}x{train['crop'][1]}, {first['precision']}; "
+                  f"every arm starts from a {ssl['warmup_iters']}-iteration supervised warm-up on the labeled images.", ""]
+    lines += ["| arm | " + " | ".join(f"mIoU seed {s}" for s in seeds) + " | mean | spread | gap recovered | s/iteration |",
+              "|---|" + "---|" * len(seeds) + "---|---|---|---|"]
+    recovered = summary.get("recovered", {})
+    for arm, per_seed in by_arm.items():
+        stats = summary["arms"][arm]
+        cells = [_points(per_seed[s]["miou"]) if s in per_seed else "-" for s in seeds]
+        timings = [r["seconds_per_iteration"] for r in per_seed.values() if r.get("seconds_per_iteration")]
+        share = f"{100 * recovered[arm]:.0f} %" if arm in recovered else "-"
+        lines.append(f"| {ARM_NAMES.get(arm, arm)} | " + " | ".join(cells)
+                     + f" | {_points(stats['mean'])} | {_points(stats['spread'])} | {share} | "
+                     + (f"{min(timings):.3f}" if timings else "-") + " |")
+    gate = summary.get("gate")
+    lines.append("")
+    if gate:
+        lines.append(f"Headroom gate: full-label {_points(gate['full_miou'])} - supervised {_points(gate['sup_miou'])} "
+                     f"= {_points(gate['headroom'])} points, seed spread {_points(gate['seed_spread'])}: "
+                     f"**{'passed' if gate['passed'] else 'not passed'}** (needs >= 5 points and >= 3x the spread).")
+    if summary.get("missing"):
+        lines.append(f"Rows still to run: {', '.join(summary['missing'])} (`make ssl-benchmark` resumes).")
+    return "\n".join(lines)
+
+
+def render_demo(evaluations: dict[str, dict | None]) -> str:
+    if not any(evaluations.values()):
+        return _not_measured("make demo")
+    lines = ["| model | mIoU | pixel accuracy |", "|---|---|---|"]
+    for name, result in evaluations.items():
+        lines.append(f"| {name} | {_points(result['miou']) if result else '-'} "
+                     f"| {_points(result['pixel_acc']) if result else '-'} |")
+    return "\n".join(lines)
+
+
+def render_export(export: dict | None) -> str:
+    if export is None:
+        return _not_measured("make demo")
+    lines = [f"{export['verify_images']} val images through the runtime's engines, "
+             f"{export['input_size'][0]}x{export['input_size'][1]} input; TensorRT: {export['tensorrt']['status']}.", "",
+             "| artefact | size MB | mIoU | PyTorch mIoU | delta points | label agreement | max abs logit delta |",
+             "|---|---|---|---|---|---|---|"]
+    for name, report in export["artefacts"].items():
+        lines.append(f"| {name} | {report['size_bytes'] / 1e6:.1f} | {_points(report['miou'])} "
+                     f"| {_points(report['miou_torch'])} | {report['miou_delta_points']:+.2f} "
+                     f"| {report['label_agreement']:.4f} | {_delta(report['max_abs_logit_delta'])} |")
+    return "\n".join(lines)
+
+
+def render_latency(benchmark: dict | None) -> str:
+    if benchmark is None:
+        return _not_measured("dvc repro benchmark")
+    from bench.report import render_markdown
+
+    text = render_markdown(benchmark)
+    return re.sub(r"^# .*\n\n", "", text).replace("\n## ", "\n### ").removeprefix("## ")
+
+
+def blocks() -> dict[str, str]:
+    rows = [json.loads(p.read_text()) for p in sorted((METRICS / "ssl").glob("*.json"))]
+    return {
+        "ssl_benchmark": render_ssl_benchmark(_load("ssl_benchmark.json"), rows),
+        "demo": render_demo({"STPG Gen-Student (`models/gen_student.pt`)": _load("eval.json"),
+                             "supervised baseline (`models/baseline.pt`)": _load("eval_baseline.json")}),
+        "export": render_export(_load("export.json")),
+        "latency": render_latency(_load("benchmark.json")),
+    }
+
+
+def fill(text: str, name: str, body: str, path: str) -> str:
+    pattern = re.compile(rf"(<!-- report:{name} -->\n).*?(<!-- /report:{name} -->)", re.S)
+    if not pattern.search(text):
+        raise SystemExit(f"error: {path} has no <!-- report:{name} --> block; add the two marker lines")
+    return pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 where a block differs from the metrics")
+    args = parser.parse_args(argv)
+    rendered, stale = blocks(), []
+    for path, names in TARGETS.items():
+        text = Path(path).read_text()
+        new = text
+        for name in names:
+            new = fill(new, name, rendered[name], path)
+        if new != text:
+            stale.append(path)
+            if not args.check:
+                files.write_text(path, new)
+    if args.check and stale:
+        print(f"error: {', '.join(stale)} differ from metrics/; run `python -m tools.report` and commit", file=sys.stderr)
+        return 1
+    print(f"{'checked' if args.check else 'rendered'}: {', '.join(TARGETS)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
