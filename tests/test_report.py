@@ -53,3 +53,14 @@ def test_export_table_from_a_hand_made_report():
     text = report.render_export(export)
     assert "| onnx_int8 | 16.8 | 11.14 | 11.20 | -0.06 | 0.9633 | 0.51 |" in text
     json.dumps(export)  # the renderer must not have mutated the report
+
+
+def test_demo_summary_names_each_model_and_the_next_commands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(report, "METRICS", tmp_path / "metrics")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/eval.json").write_text(json.dumps({"miou": 0.1234, "pixel_acc": 0.8}))
+    text = report.demo_summary()
+    assert "models/gen_student.pt: val mIoU 12.34" in text
+    assert "models/baseline.pt: val mIoU not evaluated" in text
+    assert "outputs/demo_overlay.mp4 (missing)" in text and "make ssl-benchmark" in text

@@ -133,10 +133,36 @@ def fill(text: str, name: str, body: str, path: str) -> str:
     return pattern.sub(lambda m: m.group(1) + body.rstrip("\n") + "\n" + m.group(2), text)
 
 
+def demo_summary() -> str:
+    """What `make demo` leaves behind, and what to try next."""
+    lines = ["", "make demo finished. What you got:", ""]
+    for name, path in (("STPG Gen-Student, models/gen_student.pt", "eval.json"),
+                       ("supervised baseline, models/baseline.pt", "eval_baseline.json")):
+        result = _load(path)
+        lines.append(f"  {name}: val mIoU {_points(result['miou']) if result else 'not evaluated'}")
+    export = _load("export.json")
+    if export:
+        for key, art in export["artefacts"].items():
+            lines.append(f"  {art['path']}: mIoU {_points(art['miou'])} ({art['miou_delta_points']:+.2f} vs PyTorch)")
+    for what, path in (("overlay video", "outputs/demo_overlay.mp4"), ("latency plot", "outputs/benchmark.png"),
+                       ("latency tables", "outputs/benchmark_latest.md")):
+        lines.append(f"  {what}: {path}{'' if Path(path).exists() else ' (missing)'}")
+    lines += ["", "Next:", "  dvc metrics show                 # every metric of this run",
+              "  dvc plots show                   # training curves and per-class IoU (dvc_plots/index.html)",
+              "  python runtime/segment.py --model models/export/gen_student.onnx --source YOUR_VIDEO.mp4 --out overlay.mp4",
+              "  make ssl-benchmark               # the semi-supervised benchmark (hours; resumable)",
+              "  python -m tools.report           # refresh the README tables from metrics/"]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="exit 1 where a block differs from the metrics")
+    parser.add_argument("--demo-summary", action="store_true", help="print what `make demo` produced and exit")
     args = parser.parse_args(argv)
+    if args.demo_summary:
+        print(demo_summary())
+        return 0
     rendered, stale = blocks(), []
     for path, names in TARGETS.items():
         text = Path(path).read_text()
