@@ -120,31 +120,30 @@ def _implementations() -> dict[str, object]:
 class _SynchronisedCuda:
     """CudaOps on device-resident inputs, each call waited for so the host clock times the kernels."""
 
-    def __init__(self, cuda_ops, driver, gpuarray):
-        self._ops, self._driver, self._gpuarray = cuda_ops, driver, gpuarray
+    def __init__(self, cuda_ops):
+        self._ops = cuda_ops
 
     def bind(self, op: str, *args) -> Callable[[], object]:
         # The frame / logits (and blend's labels) live on the device; the palette is host data.
+        device = self._ops.device
         uploaded = 2 if op == "blend" else 1
-        args = [self._gpuarray.to_gpu(a) for a in args[:uploaded]] + list(args[uploaded:])
-        function, synchronise = getattr(self._ops, op), self._driver.Context.synchronize
+        args = [device.to_device(a) for a in args[:uploaded]] + list(args[uploaded:])
+        function = getattr(self._ops, op)
 
         def call():
             function(*args)
-            synchronise()
+            device.synchronize(None)
         return call
 
 
 def _cuda_ops():
-    """The CUDA kernels when pycuda and a GPU are both here, else None."""
+    """The CUDA kernels when a CUDA library (pycuda or CuPy) and a GPU are both here, else None.
+    They run in the device's primary context (runtime.cuda.device), the one TensorRT and ONNX
+    Runtime use, made current around every call."""
     try:
-        import pycuda.autoinit  # noqa: F401 - creates the context CudaOps needs
-        import pycuda.driver as driver
-        import pycuda.gpuarray as gpuarray
-
         from runtime.cuda.ops import CudaOps
-        return _SynchronisedCuda(CudaOps(), driver, gpuarray)
-    except Exception:  # noqa: BLE001 - no pycuda, no driver or no device all mean "no CUDA row"
+        return _SynchronisedCuda(CudaOps())
+    except Exception:  # noqa: BLE001 - no CUDA library, no driver or no device all mean "no CUDA row"
         return None
 
 

@@ -5,16 +5,32 @@
 // --fmad=false (no fused multiply-adds) and IEEE division, float results round exactly like
 // the reference's separate NumPy operations; integer results are bit-identical.
 // One thread per output pixel; x = column, y = row.
-
-#include <cuda_fp16.h>
+//
+// Half floats are raw 16-bit words converted with the PTX cvt instructions that __half2float
+// and __float2half_rn compile to, so no header is needed: nvcc (pycuda) and NVRTC (CuPy) build
+// this file alike, where NVRTC's cuda_fp16.h varies with the CUDA version installed.
 
 namespace {
 
+struct half_word {
+    unsigned short bits;
+};
+
 __device__ __forceinline__ float load_logit(const float *p) { return *p; }
-__device__ __forceinline__ float load_logit(const __half *p) { return __half2float(*p); }
+__device__ __forceinline__ float load_logit(const half_word *p)
+{
+    float value;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(p->bits));
+    return value;
+}
 
 __device__ __forceinline__ void store_input(float *p, float v) { *p = v; }
-__device__ __forceinline__ void store_input(__half *p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store_input(half_word *p, float v)
+{
+    unsigned short bits;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(v));  // round to nearest even
+    p->bits = bits;
+}
 
 // reference.preprocess, layout "nchw_float": vertical lerp, horizontal lerp, then
 // (v / 255 - mean) / std into RGB planes.
@@ -107,9 +123,9 @@ __global__ void preprocess_nchw_f32(const unsigned char *frame, int src_w, int h
 __global__ void preprocess_nchw_f16(const unsigned char *frame, int src_w, int h, int w, const int *y0,
                                     const int *y1, const float *fy, const int *x0, const int *x1,
                                     const float *fx, float mean_r, float mean_g, float mean_b, float std_r,
-                                    float std_g, float std_b, __half *out)
+                                    float std_g, float std_b, half_word *out)
 {
-    preprocess_nchw<__half>(frame, src_w, h, w, y0, y1, fy, x0, x1, fx, mean_r, mean_g, mean_b, std_r, std_g,
+    preprocess_nchw<half_word>(frame, src_w, h, w, y0, y1, fy, x0, x1, fx, mean_r, mean_g, mean_b, std_r, std_g,
                             std_b, out);
 }
 
@@ -143,11 +159,11 @@ __global__ void upsample_argmax_f32(const float *logits, int classes, int h, int
     upsample_argmax_impl<float>(logits, classes, h, w, out_h, out_w, y0, y1, fy, x0, x1, fx, labels);
 }
 
-__global__ void upsample_argmax_f16(const __half *logits, int classes, int h, int w, int out_h, int out_w,
+__global__ void upsample_argmax_f16(const half_word *logits, int classes, int h, int w, int out_h, int out_w,
                                     const int *y0, const int *y1, const float *fy, const int *x0, const int *x1,
                                     const float *fx, unsigned char *labels)
 {
-    upsample_argmax_impl<__half>(logits, classes, h, w, out_h, out_w, y0, y1, fy, x0, x1, fx, labels);
+    upsample_argmax_impl<half_word>(logits, classes, h, w, out_h, out_w, y0, y1, fy, x0, x1, fx, labels);
 }
 
 __global__ void argmax_f32(const float *logits, int classes, int pixels, unsigned char *labels)
@@ -155,9 +171,9 @@ __global__ void argmax_f32(const float *logits, int classes, int pixels, unsigne
     argmax_impl<float>(logits, classes, pixels, labels);
 }
 
-__global__ void argmax_f16(const __half *logits, int classes, int pixels, unsigned char *labels)
+__global__ void argmax_f16(const half_word *logits, int classes, int pixels, unsigned char *labels)
 {
-    argmax_impl<__half>(logits, classes, pixels, labels);
+    argmax_impl<half_word>(logits, classes, pixels, labels);
 }
 
 // reference.blend: nearest label, ((256 - a) * frame + a * colour + 128) >> 8 with the RGB

@@ -259,25 +259,25 @@ def test_compare_rejects_non_json(tmp_path):
 
 
 def test_cuda_calls_get_device_inputs_and_wait_for_the_kernels():
-    """The CUDA wrapper against the pycuda surface it uses: to_gpu and Context.synchronize."""
+    """The CUDA wrapper against the runtime.cuda device surface it uses: to_device and synchronize."""
     events = []
 
+    class FakeDevice:
+        @staticmethod
+        def to_device(array):
+            return f"device{array.shape}"
+
+        @staticmethod
+        def synchronize(stream):
+            events.append("synchronize")
+
     class FakeOps:
+        device = FakeDevice
+
         def blend(self, frame, labels, palette, alpha):
             events.append(("blend", frame, labels, type(palette).__name__, alpha))
 
-    class FakeGpuArray:
-        @staticmethod
-        def to_gpu(array):
-            return f"device{array.shape}"
-
-    class FakeDriver:
-        class Context:
-            @staticmethod
-            def synchronize():
-                events.append("synchronize")
-
-    cuda = measure._SynchronisedCuda(FakeOps(), FakeDriver, FakeGpuArray)
+    cuda = measure._SynchronisedCuda(FakeOps())
     call = measure._bind(cuda, "blend", np.zeros((2, 3, 3), np.uint8), np.zeros((2, 3), np.uint8),
                            np.zeros((4, 3), np.uint8), 0.5)
     assert events == []  # uploads happen once, at binding; nothing runs yet
