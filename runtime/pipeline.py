@@ -107,6 +107,11 @@ class Processor:
         self.alpha = float(alpha)
         self.palette = np.asarray(self.contract.palette, dtype=np.uint8).reshape(-1, 3)
 
+    def upload(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """The frame where the later stages read it: here the host frame itself; the GPU frame
+        path (runtime.gpu_path) returns its device copy."""
+        return frame_bgr
+
     def preprocess(self, frame_bgr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The network input batch of one frame, in the contract's layout (written into `out`
         when given: a tensor from an earlier frame)."""
@@ -262,6 +267,7 @@ class _Run:
 
     def preprocess(self) -> None:
         def work(frame: Frame) -> None:
+            frame.image = self.processor.upload(frame.image)
             # every input tensor has the contract's shape, whatever the frame size
             frame.batch = self.processor.preprocess(frame.image, out=self.batches.take())
 

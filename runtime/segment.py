@@ -26,7 +26,8 @@ from runtime import files, ops  # noqa: E402
 from runtime.contract import ContractError  # noqa: E402
 from runtime.engines import BACKEND_BY_SUFFIX, BACKENDS, EngineError, open_engine  # noqa: E402
 from runtime.ops import OpsInputError  # noqa: E402
-from runtime.pipeline import GLASS_TO_GLASS, STAGES, Processor, abort_sinks, run_pipeline  # noqa: E402
+from runtime.gpu_path import DEVICES, open_processor  # noqa: E402
+from runtime.pipeline import GLASS_TO_GLASS, STAGES, abort_sinks, run_pipeline  # noqa: E402
 from runtime.scoring import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
 from runtime.video import (LabelSink, NullSink, Sink, SinkError, SourceError, VideoSink, labels_path,  # noqa: E402
                            make_output_folder, open_source, temp_file_in)
@@ -124,6 +125,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "or a folder of .png/.jpg frames")
     parser.add_argument("--out", type=Path, help="overlay video to write (.mp4)")
     parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
+    parser.add_argument("--device", default="cpu", choices=DEVICES,
+                        help="cpu: C ops on the host (default); cuda: the GPU frame path (CUDA ops, and TensorRT "
+                        "or ONNX Runtime's CUDA/TensorRT provider on device buffers)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
     parser.add_argument("--save-labels", type=Path, metavar="DIR", help="write uint8 trainId PNGs per frame here")
     parser.add_argument("--realtime", action="store_true",
@@ -173,7 +177,7 @@ def segment(args: argparse.Namespace) -> int:
                 if args.gt_labels is not None:
                     scorer = GroundTruthScorer(args.gt_labels, engine.contract.num_classes)
                     sinks.append(scorer)
-                processor = Processor(engine, alpha=args.alpha)
+                processor = open_processor(engine, args.device, alpha=args.alpha)
                 stats = _run_with_progress(args, source, processor, sinks or [NullSink()])
                 summary = stats.summary()
                 summary.update(source=str(args.source), model=str(args.model), engine=engine.describe(),

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,9 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from runtime.contract import ContractError, ModelContract
+from runtime.cuda import device as device_module
 from runtime.engines import EngineError, check_batch, open_engine
+from runtime.engines.base import Engine
 from runtime.engines.onnxruntime_engine import CPU_EP, CUDA_EP, TENSORRT_EP, choose_providers
 from runtime.engines.sidecar import EngineSidecar, write_sidecar
 
@@ -87,6 +88,50 @@ def test_fixed_batch_graph_runs_a_larger_batch_in_steps(tmp_path):
         np.testing.assert_allclose(engine.infer(batch), expected_logits(batch), atol=1e-6)
 
 
+def test_label_types_the_runtime_cannot_take_are_refused_when_the_artefact_opens(tmp_path):
+    contract = ModelContract(**{**CONTRACT.__dict__, "output_kind": "labels"})
+    argmax = helper.make_node("ArgMax", ["input"], ["output"], axis=1, keepdims=0)  # int64, as ONNX makes it
+    graph = helper.make_graph([argmax], "labels",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 4, 6])],
+                              [helper.make_tensor_value_info("output", TensorProto.INT64, [1, 4, 6])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in contract.to_metadata().items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(tmp_path / "argmax.onnx"))
+    with pytest.raises(EngineError, match=r"argmax\.onnx gives int64 labels, the runtime takes uint8 or int32"):
+        open_engine(tmp_path / "argmax.onnx")
+
+
+class _Chunked(Engine):
+    """The base class's batch splitting alone, recording the slice sizes it is given."""
+
+    name, path, contract = "chunked", Path("chunked.engine"), CONTRACT
+
+    def infer(self, batch):
+        return batch
+
+
+@pytest.mark.parametrize("count, limits, sizes", [
+    (7, dict(most=3), [3, 3, 1]),
+    (6, dict(exact=2), [2, 2, 2]),
+    (5, dict(), [5]),
+])
+def test_batches_are_split_into_exact_or_bounded_slices(count, limits, sizes):
+    seen = []
+    batch = np.arange(count, dtype=np.float32)
+    joined = _Chunked().run_in_chunks(batch, lambda part: seen.append(len(part)) or part * 2, **limits)
+    assert seen == sizes
+    np.testing.assert_array_equal(joined, batch * 2)
+
+
+def test_batches_that_do_not_split_are_refused():
+    with pytest.raises(EngineError, match="takes batches of exactly 2; got 5"):
+        _Chunked().run_in_chunks(np.zeros(5), lambda part: part, exact=2)
+    with pytest.raises(EngineError, match="empty batch"):
+        _Chunked().run_in_chunks(np.zeros(0), lambda part: part, most=8)
+
+
 def test_artefact_without_contract_is_refused_in_one_line(tmp_path):
     path = tiny_onnx(tmp_path / "bare.onnx", contract=None)
     with pytest.raises(ContractError, match=r"bare\.onnx carries no model contract.*export\.run") as info:
@@ -136,14 +181,12 @@ def _sidecar(**changes) -> EngineSidecar:
 
 
 def _fake_backend(monkeypatch, version: str, gpu: str, capability=(9, 0)):
-    """Stand-ins for `tensorrt` and `pycuda.driver` that only answer version and device queries."""
-    device = types.SimpleNamespace(name=lambda: gpu, compute_capability=lambda: capability)
-    driver = types.SimpleNamespace(init=lambda: None, Device=lambda index: device)
-    pycuda = types.ModuleType("pycuda")
-    pycuda.driver = driver
-    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__=version))
-    monkeypatch.setitem(sys.modules, "pycuda", pycuda)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", driver)
+    """TensorRT and CUDA stand-ins (tests/runtime/cuda_standins.py) reporting this version and GPU."""
+    from tests.runtime.cuda_standins import StandInDriver, StandInTensorRT, pycuda_device
+
+    device, driver, _ = pycuda_device(StandInDriver(gpu_name=gpu, capability=capability))
+    monkeypatch.setitem(sys.modules, "tensorrt", StandInTensorRT(driver, version=version))
+    monkeypatch.setattr(device_module, "open_device", lambda index=0, library="auto": device)
 
 
 def test_tensorrt_engine_refuses_an_engine_from_another_tensorrt(tmp_path, monkeypatch):

@@ -1,0 +1,123 @@
+"""The GPU frame path: frames are decoded on the host and everything after the upload stays on the device.
+
+Per frame: the decoded frame is copied into a pinned buffer and uploaded once; the CUDA
+preprocess writes the network input into a device buffer that the engine reads where it lies
+(TensorRT tensor addresses, ONNX Runtime I/O binding); the logits stay on the device for the
+fused upsample + argmax and the blend, which paints into the uploaded frame; the overlay comes
+back in one download (the labels too, only when a sink asks for them).
+
+GpuProcessor has Processor's stage methods, so run_pipeline drives it unchanged. Each method
+waits for its stream before returning: the next stage, in another thread, reads finished
+buffers, and the pipeline's per-stage times include the GPU work the stage queued.
+`segment.py --device cuda` selects it; the CPU path stays the default.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+
+import numpy as np
+
+from runtime.cuda.device import CudaUnavailableError, array_view, open_device
+from runtime.cuda.ops import CudaOps
+from runtime.engines import input_spec
+from runtime.engines.base import Engine, EngineError
+from runtime.pipeline import Processor
+
+DEVICES = ("cpu", "cuda")
+
+
+def open_processor(engine: Engine, device: str = "cpu", *, alpha: float = 0.5) -> Processor:
+    """The stage work for `device`: the C ops on the host, or the GPU frame path."""
+    return GpuProcessor(engine, alpha=alpha) if device == "cuda" else Processor(engine, alpha=alpha)
+
+
+class GpuProcessor(Processor):
+    """Processor on one CUDA device: frames, network inputs, logits and labels are device arrays."""
+
+    # Frame sizes whose pinned upload buffer is kept (an image folder may mix sizes).
+    STAGING_SIZES = 2
+
+    def __init__(self, engine: Engine, *, alpha: float = 0.5, ops: CudaOps | None = None, device_index: int = 0):
+        super().__init__(engine, alpha=alpha)
+        if not engine.on_device:
+            raise engine.host_only_error()
+        try:
+            self.ops = ops if ops is not None else CudaOps(open_device(device_index))
+        except CudaUnavailableError as exc:
+            raise EngineError(f"the GPU frame path cannot start: {exc}") from None
+        self.device = self.ops.device
+        self._input_dtype, self._input_shape = input_spec(self.contract)
+        self._upload_stream, self._pre_stream, self._post_stream = (self.device.new_stream() for _ in range(3))
+        self._staging: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
+        self._upload_lock = threading.Lock()  # the preprocess stage uploads; a caller of render may too
+
+    def upload(self, frame_bgr: np.ndarray):
+        """The frame on the device, through a pinned buffer of its size (one host copy, one DMA);
+        the buffer is free for the next frame when this returns."""
+        if not isinstance(frame_bgr, np.ndarray):
+            return frame_bgr  # already uploaded
+        with self._upload_lock:
+            staging = self._staging.pop(frame_bgr.shape, None)
+            if staging is None:
+                staging = self.device.pinned_empty(frame_bgr.shape, np.uint8)
+            self._staging[frame_bgr.shape] = staging
+            while len(self._staging) > self.STAGING_SIZES:
+                self._staging.popitem(last=False)
+            np.copyto(staging, frame_bgr, casting="no")
+            device_frame = self.device.empty(frame_bgr.shape, np.uint8)
+            self.device.copy_to_device(device_frame.pointer, staging, self._upload_stream)
+            self.device.synchronize(self._upload_stream)
+        return device_frame
+
+    def preprocess(self, frame_bgr, out=None):
+        """The network input batch (1, ...) on the device, written into `out` (an input given back
+        by an earlier frame) when there is one."""
+        frame = self.upload(frame_bgr)
+        if out is None:
+            out = self.device.empty(self._input_shape, self._input_dtype)
+        self.ops.preprocess(frame, self.contract.input_size, self.contract.mean, self.contract.std,
+                            layout=self.contract.input_layout, out=out, stream=self._pre_stream)
+        self.device.synchronize(self._pre_stream)
+        return out.reshape((1, *self._input_shape))
+
+    def infer(self, batch):
+        return self.engine.infer_device(batch)
+
+    def postprocess(self, output, frame_hw: tuple[int, int]):
+        """uint8 labels on the device: frame size from low-resolution logits, input size otherwise."""
+        first = output[0]
+        kind = self.contract.output_kind
+        if kind == "labels":
+            _, _, dtype = array_view(first, "labels")
+            if dtype != np.uint8:
+                raise EngineError(f"the GPU frame path takes uint8 labels; {self.engine.path.name} gives {dtype} "
+                                  "(re-export with `python -m export.run`)")
+            return first
+        if kind == "lowres_logits":
+            labels = self.ops.upsample_argmax(first, tuple(frame_hw), stream=self._post_stream)
+        else:
+            labels = self.ops.argmax(first, stream=self._post_stream)
+        self.device.synchronize(self._post_stream)
+        return labels
+
+    def render(self, frame_bgr, labels, out: np.ndarray | None = None) -> np.ndarray:
+        """The overlay, blended into the device frame and downloaded into `out` (pinned, reused)."""
+        frame = self.upload(frame_bgr)
+        self.ops.blend(frame, labels, self.palette, self.alpha, out=frame, stream=self._post_stream)
+        if out is None or out.shape != frame.shape:
+            out = self.device.pinned_empty(frame.shape, np.uint8)
+        self.device.download(frame, out, stream=self._post_stream)
+        self.device.synchronize(self._post_stream)
+        return out
+
+    def frame_labels(self, labels, frame_hw: tuple[int, int]) -> np.ndarray:
+        """The label map downloaded and sampled to frame size, as the overlay shows it."""
+        return Processor.frame_labels(self.device.download(labels), frame_hw)
+
+    def close(self) -> None:
+        """Drop the streams and buffers and free the device's pools."""
+        with self.device.current():
+            self._upload_stream = self._pre_stream = self._post_stream = None
+            self._staging.clear()
+        self.device.close()
