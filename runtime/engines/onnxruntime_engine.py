@@ -123,8 +123,9 @@ class OnnxRuntimeEngine(Engine):
             self._cuda = open_device(self.device_id)
         output = self._cuda.empty(output_shape, self._output_dtype)
         binding = self.session.io_binding()
-        binding.bind_input(self._input_name, "cuda", self.device_id, dtype, list(shape), pointer)
-        binding.bind_output(self._output_name, "cuda", self.device_id, self._output_dtype, list(output_shape),
+        # Element types as numpy scalar types (np.float32), the form ONNX Runtime documents.
+        binding.bind_input(self._input_name, "cuda", self.device_id, dtype.type, list(shape), pointer)
+        binding.bind_output(self._output_name, "cuda", self.device_id, self._output_dtype.type, list(output_shape),
                             output.pointer)
         self.session.run_with_iobinding(binding)
         binding.synchronize_outputs()
