@@ -68,7 +68,7 @@ def calibration_inputs(split_dir: Path, root: Path, contract: ModelContract, cou
     """Network inputs from training images (labeled + unlabeled lists), preprocessed as the runtime does."""
     pairs = []
     for name in ("labeled.txt", "unlabeled.txt"):
-        pairs += datasets.read_pairs_file(split_dir / name)
+        pairs += datasets.read_pairs_file(split_dir / name, root, allow_empty=name == "unlabeled.txt")
     return [network_input(_read_frame(_resolve(image, root)), contract) for image, _ in evenly_spaced(pairs, count)]
 
 
@@ -131,24 +131,32 @@ def export_all(cfg, staging: Path, model, contract: ModelContract, calibration: 
     return artefacts
 
 
+def make_staging(out_dir: Path) -> Path:
+    """The staging folder, beside the output folder rather than in it (DVC owns that folder as a
+    whole); made first, so an unwritable place is refused before any work."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-staging-"))
+    except OSError as exc:
+        raise ExportError(f"export.out_dir {out_dir}: cannot write in {out_dir.parent} ({exc.strerror}); "
+                          "set export.out_dir to a folder on a writable disk") from None
+
+
 def run(params_path: str, manifest_path: str, metrics_path: str) -> dict:
     cfg = params.load("export", params_path)
     split_cfg = params.load("split", params_path)
     check_opset(cfg.opset)
     trt = tensorrt_plan(cfg.tensorrt)
-    model, info = load_deployable(cfg.checkpoint)
-    contract = make_contract(info, input_size=cfg.input_size, input_layout=cfg.input, output_kind=cfg.output)
-    manifest = datasets.read_manifest(manifest_path)
-    samples = validation_samples(manifest, cfg.verify_images)
-    needs_calibration = "int8" in cfg.precisions or trt["status"] == "build"
-    calibration = (calibration_inputs(Path(split_cfg.out_dir), Path(manifest["root"]), contract,
-                                      cfg.calibration_images) if needs_calibration else [])
-
     out_dir = Path(cfg.out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Beside the output folder, not in it: DVC owns that folder as a whole.
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-staging-"))
+    staging = make_staging(out_dir)
     try:
+        model, info = load_deployable(cfg.checkpoint)
+        contract = make_contract(info, input_size=cfg.input_size, input_layout=cfg.input, output_kind=cfg.output)
+        manifest = datasets.read_manifest(manifest_path)
+        samples = validation_samples(manifest, cfg.verify_images)
+        needs_calibration = "int8" in cfg.precisions or trt["status"] == "build"
+        calibration = (calibration_inputs(Path(split_cfg.out_dir), Path(manifest["root"]), contract,
+                                          cfg.calibration_images) if needs_calibration else [])
         artefacts = export_all(cfg, staging, model, contract, calibration, trt)
         reference = torch_reference(model, contract, samples)
         reports, failures = {}, []

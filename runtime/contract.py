@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 
 CONTRACT_VERSION = "1"
 INPUT_LAYOUTS = ("nchw_float", "nhwc_uint8")
@@ -72,12 +73,51 @@ class ModelContract:
                     raise ContractError(f"{source}: model contract lacks {key}; re-export it")
                 continue
             try:
-                values[field.name] = json.loads(meta[key])
-            except json.JSONDecodeError:
+                value = json.loads(meta[key])
+            except (json.JSONDecodeError, TypeError):
                 raise ContractError(f"{source}: model contract field {key} is not valid JSON; re-export it") from None
+            valid, expected = _FIELD_RULES[field.name]
+            if not valid(value):
+                shown = meta[key] if len(meta[key]) <= 40 else meta[key][:37] + "..."
+                raise ContractError(f"{source}: model contract field {key} must be {expected}, got {shown}; "
+                                    "re-export it with `python -m export.run`")
+            values[field.name] = value
         values["classes"] = tuple(values["classes"])
-        values["palette"] = tuple(tuple(int(c) for c in rgb) for rgb in values["palette"])
+        values["palette"] = tuple(tuple(rgb) for rgb in values["palette"])
         for key in ("mean", "std"):
             values[key] = tuple(float(v) for v in values[key])
-        values["input_size"] = tuple(int(v) for v in values["input_size"])
+        values["input_size"] = tuple(values["input_size"])
         return cls(**values)
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(value, count: int) -> bool:
+    return (isinstance(value, list) and len(value) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def _text(value) -> bool:
+    return isinstance(value, str)
+
+
+# What each stored field must hold (a test of its decoded JSON, and the words for the error), so
+# a damaged or hand-edited contract is refused by name when the artefact opens, not mid-run.
+_FIELD_RULES = {
+    "classes": (lambda v: isinstance(v, list) and len(v) > 0 and all(map(_text, v)), "a non-empty list of names"),
+    "palette": (lambda v: isinstance(v, list) and all(
+        isinstance(rgb, list) and len(rgb) == 3 and all(_whole(c) and 0 <= c <= 255 for c in rgb) for rgb in v),
+        "a list of [r, g, b] colours in 0..255"),
+    "mean": (lambda v: _numbers(v, 3), "three numbers [r, g, b]"),
+    "std": (lambda v: _numbers(v, 3) and min(v) > 0, "three positive numbers [r, g, b]"),
+    "input_size": (lambda v: isinstance(v, list) and len(v) == 2 and all(_whole(s) and s > 0 for s in v),
+                   "[height, width] in whole pixels above 0"),
+    "input_layout": (lambda v: v in INPUT_LAYOUTS, f"one of {', '.join(INPUT_LAYOUTS)}"),
+    "output_kind": (lambda v: v in OUTPUT_KINDS, f"one of {', '.join(OUTPUT_KINDS)}"),
+    "precision": (lambda v: v in PRECISIONS, f"one of {', '.join(PRECISIONS)}"),
+    "dataset": (_text, "a string"),
+    "checkpoint_sha256": (_text, "a string"),
+    "project_version": (_text, "a string"),
+}

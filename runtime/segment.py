@@ -5,14 +5,16 @@
 Writes an overlay video and/or per-frame label PNGs, shows progress on stderr and prints a
 latency summary at the end. With --gt-labels it also scores the labels (mIoU), which is how
 the `segment_demo` stage checks the deployed model on the synthetic dashcam clip.
-Exit codes: 0 done, 2 bad input (one line on stderr, nothing written), 130 Ctrl-C (the output
-written so far is kept as a valid file).
+Exit codes: 0 done, 2 bad input (one line on stderr, nothing written), 130 Ctrl-C and 143
+SIGTERM (a service manager stopping it; either way the output written so far is kept as a
+valid file).
 """
 from __future__ import annotations
 
 import argparse
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -29,11 +31,14 @@ from runtime.ops import OpsInputError  # noqa: E402
 from runtime.gpu_path import DEVICES, open_processor  # noqa: E402
 from runtime.pipeline import GLASS_TO_GLASS, STAGES, abort_sinks, run_pipeline  # noqa: E402
 from runtime.scoring import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
-from runtime.video import (LabelSink, NullSink, Sink, SinkError, SourceError, VideoSink, labels_path,  # noqa: E402
-                           make_output_folder, open_source, temp_file_in)
+from runtime.video import (LabelSink, NullSink, Sink, SinkError, SourceError, VideoSink, existing_kind,  # noqa: E402
+                           labels_path, make_output_folder, open_source, temp_file_in, write_failure)
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 128 + signal.SIGTERM
+# Corrupt files named in the summary table; the JSON lists them all.
+SHOWN_CORRUPT_FILES = 5
 THREADED_BACKENDS = ("onnxruntime", "torch")
 
 
@@ -51,7 +56,7 @@ class GroundTruthScorer(Sink):
 
     def __init__(self, folder: str | os.PathLike, num_classes: int):
         self.folder = Path(folder)
-        if not self.folder.is_dir():
+        if existing_kind(self.folder, "ground-truth folder", GroundTruthError) != "folder":
             raise GroundTruthError(f"ground-truth folder {self.folder} does not exist; "
                                    "give the folder of <frame:06d>.png trainId labels")
         self.num_classes = num_classes
@@ -89,7 +94,7 @@ class GroundTruthScorer(Sink):
 
 def check_writable(path: Path) -> None:
     """Fail now, before any frame is processed, if `path` could not be written at the end."""
-    if path.is_dir():
+    if existing_kind(path, "stats file", SinkError) == "folder":
         raise SinkError(f"stats file {path}: is a folder; give a file name such as stats.json")
     make_output_folder(path.parent, "stats file", path)
     os.unlink(temp_file_in(path.parent, "stats file", path))
@@ -104,8 +109,13 @@ def format_summary(summary: dict) -> str:
         f"frames in {summary['frames_in']}, out {summary['frames_out']}, dropped {summary['dropped']}, "
         f"corrupt {summary['corrupt']}; {summary['fps']:.2f} FPS over {summary['wall_s']:.2f} s"
         + (" (interrupted)" if summary["interrupted"] else ""),
-        f"{'latency (ms)':<16}{'p50':>9}{'p90':>9}{'p99':>9}",
     ]
+    corrupt_files = summary.get("corrupt_files", [])
+    if corrupt_files:
+        more = len(corrupt_files) - SHOWN_CORRUPT_FILES
+        lines.append("corrupt files skipped: " + ", ".join(corrupt_files[:SHOWN_CORRUPT_FILES])
+                     + (f" and {more} more" if more > 0 else ""))
+    lines.append(f"{'latency (ms)':<16}{'p50':>9}{'p90':>9}{'p99':>9}")
     for stage in (*STAGES, GLASS_TO_GLASS):
         row = summary["latency_ms"][stage]
         lines.append(f"{stage:<16}{ms(row['p50'])}{ms(row['p90'])}{ms(row['p99'])}")
@@ -122,7 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="segment", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="exported artefact (.onnx, .engine, .ts) with its model contract")
     parser.add_argument("--source", required=True, help="video file, camera index (0), rtsp:// or http:// URL, "
-                        "or a folder of .png/.jpg frames")
+                        "or a folder of .png/.jpg frames (each segmented at its own size; --out scales "
+                        "every frame to the first one's size, --save-labels keeps each frame's size)")
     parser.add_argument("--out", type=Path, help="overlay video to write (.mp4)")
     parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
     parser.add_argument("--device", default="cpu", choices=DEVICES,
@@ -181,7 +192,7 @@ def segment(args: argparse.Namespace) -> int:
                 stats = _run_with_progress(args, source, processor, sinks or [NullSink()])
                 summary = stats.summary()
                 summary.update(source=str(args.source), model=str(args.model), engine=engine.describe(),
-                               realtime=args.realtime or source.is_live)
+                               realtime=args.realtime or source.is_live, corrupt_files=source.corrupt_files)
                 if scorer is not None:
                     summary.update(scorer.report(engine.contract.classes))
         except BaseException:
@@ -189,7 +200,11 @@ def segment(args: argparse.Namespace) -> int:
             raise
     print(format_summary(summary))
     if args.json is not None:
-        files.write_json(args.json, summary)
+        try:
+            files.write_json(args.json, summary)
+        except OSError as exc:
+            raise SinkError(f"{write_failure('stats file', args.json, exc)} (the video and labels of this "
+                            "run are complete and kept)") from None
     return EXIT_INTERRUPTED if stats.interrupted else 0
 
 
@@ -210,15 +225,25 @@ def _run_with_progress(args, source, processor, sinks):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    sigterm = []
+
+    def stop(signum, frame):  # a service manager stops us with SIGTERM: end as on Ctrl-C
+        sigterm.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        return segment(args)
+        code = segment(args)
     except (SourceError, SinkError, ContractError, EngineError, GroundTruthError, OpsInputError) as exc:
         message = " ".join(str(exc).split())  # one line whatever the library put in it
         print(f"segment: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        code = EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before the pipeline started: nothing was written
         print("segment: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        code = EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return EXIT_TERMINATED if sigterm and code == EXIT_INTERRUPTED else code
 
 
 if __name__ == "__main__":

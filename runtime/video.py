@@ -3,11 +3,17 @@
 Sources yield `(index, frame_bgr)`; a frame that fails to decode in the middle of a file is
 skipped and counted instead of ending the run, because dashcam recordings are routinely
 damaged. Sinks write to a temporary name beside the output and rename it on `close()`, so an
-interrupted or failed run never leaves a half-written file under the requested name.
+interrupted or failed run never leaves a half-written file under the requested name; a write
+that fails part way (disk full, read-only) is a SinkError, not a codec traceback.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import os
+import shutil
+import stat
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +35,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_FPS = 30.0
 # Consecutive failed reads before the known end after which the file is taken as truncated.
 MAX_CONSECUTIVE_FAILURES = 16
+# An output folder with less free space than this is refused before any work: a full disk
+# would otherwise be found only when the first frame or the final summary is written.
+MIN_FREE_BYTES = 1 << 20
 
 
 class SourceError(ValueError):
@@ -43,18 +52,22 @@ class Source:
     """Common surface of every source: iterate once for `(index, frame_bgr)` uint8 HxWx3 frames.
 
     `size` is (width, height) as OpenCV and video containers state it, taken from the first
-    decodable frame (opening fails if there is none); `frame_count` is None for live and
-    unknown-length inputs. Indices follow the stream, so a skipped corrupt frame leaves a gap
-    and later frames keep the index their ground truth is named after.
+    decodable frame (opening fails if there is none); in a video a frame of another size is
+    damaged, while an image folder's frames may each have their own (`one_size`).
+    `frame_count` is None for live and unknown-length inputs. Indices follow the stream, so a
+    skipped corrupt frame leaves a gap and later frames keep the index their ground truth is
+    named after; `corrupt_files` names the skipped files where there are files to name.
     """
 
     spec: str
     fps: float
     frame_count: int | None
     is_live: bool = False
+    one_size: bool = True
 
     def __init__(self):
         self.corrupt_frames = 0
+        self.corrupt_files: list[str] = []
         self.size: tuple[int, int] | None = None
         self._frames = self._decode()
         self._first = next(self._frames, None)
@@ -74,7 +87,7 @@ class Source:
             return False
         if self.size is None:
             self.size = (frame.shape[1], frame.shape[0])
-        if (frame.shape[1], frame.shape[0]) != self.size:
+        if self.one_size and (frame.shape[1], frame.shape[0]) != self.size:
             self.corrupt_frames += 1
             return False
         return True
@@ -140,8 +153,20 @@ class CaptureSource(Source):
         self._capture.release()
 
 
+def is_truncated_jpeg(data: bytes) -> bool:
+    """A JPEG cut short: no end-of-image marker (FF D9) after its last start-of-scan (FF DA).
+
+    libjpeg decodes such a file with the missing part grey and only a warning that names no
+    file, so the cut is found from the bytes. Markers cannot occur inside the compressed data
+    (FF is stuffed as FF 00 there), and a thumbnail's EOI comes before the main scan.
+    """
+    return data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+
+
 class ImageFolderSource(Source):
-    """Sorted *.png / *.jpg files of one folder, played as a video at `fps`."""
+    """Sorted *.png / *.jpg files of one folder, played as a video at `fps`; frames of any size."""
+
+    one_size = False
 
     def __init__(self, folder: Path, fps: float = DEFAULT_FPS):
         self.spec = str(folder)
@@ -155,14 +180,26 @@ class ImageFolderSource(Source):
     def _decode(self) -> Iterator[tuple[int, np.ndarray]]:
         previous = -1
         for index, path in enumerate(self._paths):
-            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            frame = self._read(path)
             if frame is None:
+                self.corrupt_files.append(path.name)
                 continue
             accepted = self._accept(previous, index, frame)
             previous = index
             if accepted:
                 yield index, frame
         self.corrupt_frames += len(self._paths) - 1 - previous
+
+    @staticmethod
+    def _read(path: Path) -> np.ndarray | None:
+        """The BGR frame, or None for a file that cannot be read, is no image or is cut short."""
+        try:
+            data = path.read_bytes()
+        except OSError:
+            return None
+        if path.suffix.lower() in (".jpg", ".jpeg") and is_truncated_jpeg(data):
+            return None
+        return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
 
 def open_source(spec: str | int | os.PathLike, *, folder_fps: float = DEFAULT_FPS) -> Source:
@@ -179,9 +216,10 @@ def open_source(spec: str | int | os.PathLike, *, folder_fps: float = DEFAULT_FP
             raise SourceError(f"source {text}: stream cannot be opened; check the URL and that the camera is reachable")
         return CaptureSource(text, capture, is_live=True)
     path = Path(text)
-    if path.is_dir():
+    kind = existing_kind(path, "source", SourceError)
+    if kind == "folder":
         return ImageFolderSource(path, folder_fps)
-    if not path.exists():
+    if kind is None:
         raise SourceError(f"source {text}: no such file or folder; check the path")
     if not os.access(path, os.R_OK):
         raise SourceError(f"source {text}: file is not readable; check its permissions")
@@ -213,6 +251,25 @@ class NullSink(Sink):
     """Run without writing anything (benchmarks, dry runs)."""
 
 
+def existing_kind(path: Path, what: str, error: type[ValueError]) -> str | None:
+    """'folder', 'file' or None (nothing there); a name the system refuses (too long, no access
+    to a parent) is `error`, one line naming `what`, instead of an OSError from a mere test."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise error(f"{what} {path}: {exc.strerror}; check the path") from None
+    return "folder" if stat.S_ISDIR(mode) else "file"
+
+
+def write_failure(what: str, target: Path, exc: OSError) -> SinkError:
+    """The one line for an output whose writing failed part way (disk full, read-only, ...)."""
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return SinkError(f"{what} {target}: writing failed ({exc.strerror or exc}); "
+                     f"{'free some space or choose another location' if full else 'choose a writable location'}")
+
+
 def make_output_folder(folder: Path, what: str, target: Path) -> None:
     """Create `folder` (and parents) for `target`, or fail with a line naming the obstacle."""
     try:
@@ -227,12 +284,36 @@ def make_output_folder(folder: Path, what: str, target: Path) -> None:
 
 
 def temp_file_in(folder: Path, what: str, target: Path, suffix: str = ".tmp") -> str:
-    """A fresh hidden file in `folder` (runtime.files.create_temp); an unwritable folder is a SinkError."""
+    """A fresh hidden file in `folder` (runtime.files.create_temp); an unwritable or full folder is a SinkError."""
     try:
-        return str(files.create_temp(folder, suffix))
+        temp = files.create_temp(folder, suffix)
     except OSError as exc:
         raise SinkError(f"{what} {target}: folder {folder} is not writable ({exc.strerror}); "
                         "choose a writable location") from None
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        temp.unlink()
+        raise SinkError(f"{what} {target}: the disk of {folder} is nearly full ({free // 1024} KiB free); "
+                        "free some space or choose another location")
+    return str(temp)
+
+
+def remove_stale_temporaries(folder: Path, suffix: str) -> None:
+    """Delete the temporaries named `.*<suffix>` that no live writer holds locked: the leftovers
+    of a run killed with SIGKILL, which had no chance to remove its own."""
+    for temp in folder.glob(f".*{suffix}"):
+        try:
+            fd = os.open(temp, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a running writer holds it
+            continue
+        else:
+            temp.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
 
 
 def h264_encoder() -> str | None:
@@ -253,7 +334,10 @@ def h264_encoder() -> str | None:
 class VideoSink(Sink):
     """MP4 overlay video: H.264 through PyAV where available, else OpenCV's MPEG-4 part 2.
 
-    4:2:0 video needs even dimensions, so an odd-sized frame is padded by one edge row/column.
+    4:2:0 video needs even dimensions, so an odd-sized frame is padded by one edge row/column;
+    a frame of another size than `size` (an image folder of mixed sizes) is scaled to it. The
+    temporary is named after the output and locked while written, so the next run for the same
+    output can tell a killed run's leftover from a live writer's file and remove it.
     """
 
     needs_overlay = True
@@ -261,14 +345,18 @@ class VideoSink(Sink):
     def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int], *, crf: int = 23,
                  preset: str = "veryfast"):
         self.path = Path(path)
-        if self.path.is_dir():
+        if existing_kind(self.path, "output", SinkError) == "folder":
             raise SinkError(f"output {self.path}: is a folder; give a file name such as overlay.mp4")
         make_output_folder(self.path.parent, "output", self.path)
         self.size = (int(size[0]), int(size[1]))
         self.encoded_size = (self.size[0] + self.size[0] % 2, self.size[1] + self.size[1] % 2)
         self.fps = float(fps) if fps and fps > 0 else DEFAULT_FPS
         self.frames_written = 0
-        self._temp = temp_file_in(self.path.parent, "output", self.path, ".part.mp4")
+        suffix = f".{hashlib.sha256(os.fsencode(self.path.name)).hexdigest()[:8]}.part.mp4"
+        remove_stale_temporaries(self.path.parent, suffix)
+        self._temp = temp_file_in(self.path.parent, "output", self.path, suffix)
+        self._lock = os.open(self._temp, os.O_RDONLY)
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._container = self._writer = None
         try:
             encoder = h264_encoder()
@@ -304,20 +392,24 @@ class VideoSink(Sink):
 
     def write(self, index: int, overlay: np.ndarray | None, labels: np.ndarray | None) -> None:
         width, height = self.size
-        if overlay is None or overlay.shape != (height, width, 3):
-            raise ValueError(f"VideoSink expects {height}x{width}x3 frames, got "
-                             f"{None if overlay is None else overlay.shape}")
+        if overlay is None or overlay.ndim != 3 or overlay.shape[2] != 3:
+            raise ValueError(f"VideoSink expects HxWx3 frames, got {None if overlay is None else overlay.shape}")
+        if overlay.shape[:2] != (height, width):
+            overlay = cv2.resize(overlay, self.size, interpolation=cv2.INTER_AREA)
         if self.encoded_size != self.size:
             overlay = cv2.copyMakeBorder(overlay, 0, self.encoded_size[1] - height, 0,
                                          self.encoded_size[0] - width, cv2.BORDER_REPLICATE)
-        if self._writer is not None:
-            self._writer.write(overlay)
-        else:
-            import av
+        try:
+            if self._writer is not None:
+                self._writer.write(overlay)
+            else:
+                import av
 
-            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(overlay), format="bgr24")
-            picture.pts = self.frames_written
-            self._container.mux(self._stream.encode(picture))
+                picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(overlay), format="bgr24")
+                picture.pts = self.frames_written
+                self._container.mux(self._stream.encode(picture))
+        except OSError as exc:
+            raise write_failure("output", self.path, exc) from None
         self.frames_written += 1
 
     def close(self) -> None:
@@ -327,10 +419,14 @@ class VideoSink(Sink):
             else:
                 self._container.mux(self._stream.encode(None))
                 self._container.close()
+            os.replace(self._temp, self.path)
+        except OSError as exc:
+            self.abort()
+            raise write_failure("output", self.path, exc) from None
         except BaseException:
             self.abort()
             raise
-        os.replace(self._temp, self.path)
+        self._unlock()
 
     def abort(self) -> None:
         try:
@@ -342,6 +438,12 @@ class VideoSink(Sink):
             pass
         if os.path.exists(self._temp):
             os.unlink(self._temp)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
 
 def labels_path(folder: str | os.PathLike, index: int) -> Path:
@@ -359,9 +461,10 @@ class LabelSink(Sink):
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
-        if self.folder.exists() and not self.folder.is_dir():
+        kind = existing_kind(self.folder, "labels folder", SinkError)
+        if kind == "file":
             raise SinkError(f"labels folder {self.folder}: is a file; give a folder path")
-        self._made_folder = not self.folder.exists()
+        self._made_folder = kind is None
         make_output_folder(self.folder, "labels folder", self.folder)
         os.unlink(temp_file_in(self.folder, "labels folder", self.folder))
         self.written: list[Path] = []
@@ -373,7 +476,10 @@ class LabelSink(Sink):
         if not ok:
             raise RuntimeError(f"PNG encoding of frame {index} failed")
         target = labels_path(self.folder, index)
-        files.write_bytes(target, encoded.tobytes())
+        try:
+            files.write_bytes(target, encoded.tobytes())
+        except OSError as exc:
+            raise write_failure("labels folder", self.folder, exc) from None
         self.written.append(target)
 
     def abort(self) -> None:

@@ -6,6 +6,7 @@ so export depends on one small, versioned format.
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from runtime.files import atomic_output
 from training.models import build_model
 
 FORMAT = "stpg-drive/deployable/1"
+CHECKPOINT_FORMAT = "stpg-drive/train-checkpoint/1"  # the training checkpoints (training/engine.py)
 
 
 class DeployableError(ValueError):
@@ -21,9 +23,19 @@ class DeployableError(ValueError):
 
 
 def save_atomic(payload, path: str | Path) -> None:
-    """torch.save to a temp name, then rename: an interrupted save never leaves a valid-looking file."""
-    with atomic_output(path) as temp:
-        torch.save(payload, temp)
+    """torch.save to a temp name, then rename: an interrupted save never leaves a valid-looking file.
+
+    A failed write (disk full, read-only) is an OSError naming `path`: torch reports it as a bare
+    RuntimeError of its zip writer, with the file object's OSError only as the context.
+    """
+    try:
+        with atomic_output(path) as temp, open(temp, "wb") as fh:
+            torch.save(payload, fh)
+    except (OSError, RuntimeError) as exc:
+        fault = exc if isinstance(exc, OSError) else exc.__context__
+        if not isinstance(fault, OSError):
+            raise
+        raise OSError(fault.errno, fault.strerror, str(path)) from None
 
 
 def save_deployable(path: str | Path, model: torch.nn.Module, *, classes, palette, mean, std,
@@ -51,11 +63,27 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def is_training_checkpoint(path: Path) -> bool:
+    """Whether `path` is one of the trainer's checkpoints, told from the bytes of its pickle: it
+    holds objects (random states) that a weights-only load refuses to unpickle."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(CHECKPOINT_FORMAT.encode() in archive.read(name)
+                       for name in archive.namelist() if name.endswith("/data.pkl"))
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def load_deployable(path: str | Path) -> tuple[torch.nn.Module, dict]:
     """The network in eval mode and the metadata dict (with `sha256` of the file added)."""
     path = Path(path)
     if not path.exists():
         raise DeployableError(f"model checkpoint not found: {path}; run `dvc repro train` first or set export.checkpoint")
+    if is_training_checkpoint(path):
+        raise DeployableError(
+            f"{path} is a training checkpoint (it resumes training); use models/gen_student.pt (train.out), the "
+            "deployable model that `python -m training.train` writes when training ends, which also finishes an "
+            "interrupted run from this checkpoint")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same to the user

@@ -15,7 +15,7 @@ from runtime.engines.base import Engine, EngineError
 BACKEND_BY_SUFFIX = {".onnx": "onnxruntime", ".engine": "tensorrt", ".ts": "torch"}
 BACKENDS = ("onnxruntime", "tensorrt", "torch")
 
-__all__ = ["BACKENDS", "Engine", "EngineError", "check_batch", "input_spec", "open_engine"]
+__all__ = ["BACKENDS", "Engine", "EngineError", "check_batch", "check_graph_shapes", "input_spec", "open_engine"]
 
 
 def input_spec(contract: ModelContract) -> tuple[np.dtype, tuple[int, int, int]]:
@@ -38,6 +38,27 @@ def check_batch(contract: ModelContract, batch: np.ndarray) -> np.ndarray:
             f"input batch is {batch.dtype}, the model takes {dtype} ({contract.input_layout}); "
             "preprocess with the contract's input_layout")
     return np.ascontiguousarray(batch)
+
+
+def check_graph_shapes(contract: ModelContract, input_shape, output_shape, source: str) -> None:
+    """Refuse an artefact whose graph does not take or give what its contract says, when it opens
+    rather than at the first frame. Dimensions the graph leaves open (names, None) are not checked."""
+    height, width = contract.input_size
+    classes = contract.num_classes
+    expected = {"input": (None, *input_spec(contract)[1]),
+                "output": {"logits": (None, classes, height, width), "lowres_logits": (None, classes, None, None),
+                           "labels": (None, height, width)}[contract.output_kind]}
+    for what, graph in (("input", input_shape), ("output", output_shape)):
+        if not graph:  # rank unknown to the runtime
+            continue
+        wanted = expected[what]
+        if len(graph) != len(wanted) or any(isinstance(g, int) and w is not None and g != w
+                                            for g, w in zip(graph, wanted)):
+            shown = ", ".join("N" if i == 0 and w is None else "?" if w is None else str(w)
+                              for i, w in enumerate(wanted))
+            raise EngineError(
+                f"{source}: its model contract says the {what} is ({shown}) but the graph's is "
+                f"({', '.join(map(str, graph))}); re-export it with `python -m export.run` so the two agree")
 
 
 def open_engine(path: str | Path, backend: str = "auto", **kwargs) -> Engine:

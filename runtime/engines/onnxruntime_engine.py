@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.contract import ModelContract
-from runtime.engines import check_batch
+from runtime.engines import check_batch, check_graph_shapes
 from runtime.engines.base import Engine, EngineError, check_io_dtypes
 
 TENSORRT_EP = "TensorrtExecutionProvider"
@@ -84,6 +84,7 @@ class OnnxRuntimeEngine(Engine):
         meta = self.session.get_modelmeta().custom_metadata_map
         self.contract = ModelContract.from_metadata(meta, source=str(self.path))
         (model_input,) = self.session.get_inputs()
+        check_graph_shapes(self.contract, model_input.shape, self.session.get_outputs()[0].shape, str(self.path))
         model_output = self.session.get_outputs()[0]
         self._input_name, self._output_name = model_input.name, model_output.name
         self._input_dtype, self._output_dtype = (numpy_dtype(t.type) for t in (model_input, model_output))

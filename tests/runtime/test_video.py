@@ -66,13 +66,33 @@ def test_image_folder_plays_in_name_order(tmp_path):
     assert source.corrupt_frames == 0
 
 
-def test_image_folder_skips_and_counts_corrupt_and_misfit_images(tmp_path):
+def test_image_folder_skips_and_names_corrupt_images_and_keeps_other_sizes(tmp_path):
     folder = write_folder(tmp_path / "frames", 6)
     (folder / "000002.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     cv2.imwrite(str(folder / "000004.png"), level_frame(40, size=(16, 16)))
     source = open_source(folder)
-    assert [index for index, _ in source] == [0, 1, 3, 5]
-    assert source.corrupt_frames == 2
+    frames = dict(source)
+    assert list(frames) == [0, 1, 3, 4, 5]
+    assert frames[4].shape == (16, 16, 3) and frames[5].shape == (24, 32, 3)
+    assert (source.corrupt_frames, source.corrupt_files) == (1, ["000002.png"])
+
+
+def test_truncated_jpeg_is_told_from_whole_ones():
+    ok, encoded = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (48, 64, 3), np.uint8))
+    whole = encoded.tobytes()
+    assert ok and not video.is_truncated_jpeg(whole)
+    assert not video.is_truncated_jpeg(whole + b"vendor trailer")  # data after the end marker is allowed
+    assert video.is_truncated_jpeg(whole[:len(whole) // 2])
+    assert video.is_truncated_jpeg(whole[:-2])  # only the end marker missing
+
+
+def test_image_folder_counts_and_names_a_truncated_jpeg(tmp_path):
+    folder = write_folder(tmp_path / "frames", 3)
+    ok, encoded = cv2.imencode(".jpg", np.random.default_rng(0).integers(0, 255, (24, 32, 3), np.uint8))
+    (folder / "000001.jpg").write_bytes(encoded.tobytes()[:300])  # decodes as a mostly grey frame
+    source = open_source(folder)
+    assert [index for index, _ in source] == [0, 2, 3]
+    assert (source.corrupt_frames, source.corrupt_files) == (1, ["000001.jpg"])
 
 
 def test_image_folder_with_unreadable_first_images_starts_at_the_first_good_one(tmp_path):
@@ -217,11 +237,27 @@ def test_aborted_video_sink_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_video_sink_rejects_frames_of_another_size(tmp_path):
+def test_video_sink_scales_frames_of_another_size_to_its_own(tmp_path):
     sink = VideoSink(tmp_path / "overlay.mp4", fps=10, size=(32, 24))
-    with pytest.raises(ValueError, match="24x32x3"):
-        sink.write(0, level_frame(0, (16, 16)), None)
-    sink.abort()
+    sink.write(0, level_frame(120, (16, 16)), None)
+    sink.write(1, level_frame(120, (64, 20)), None)
+    sink.close()
+    frames = read_all(tmp_path / "overlay.mp4")
+    assert [frame.shape for frame in frames] == [(24, 32, 3)] * 2
+    assert [int(round(frame.mean() / 10)) for frame in frames] == [12, 12]
+
+
+def test_video_sink_removes_a_killed_runs_temporary_of_the_same_output_only(tmp_path):
+    first = VideoSink(tmp_path / "overlay.mp4", fps=10, size=(32, 24))
+    live = VideoSink(tmp_path / "other.mp4", fps=10, size=(32, 24))
+    leftover = Path(first._temp)
+    first._unlock()  # as a SIGKILL leaves it: the file stays, its lock goes with the process
+    second = VideoSink(tmp_path / "overlay.mp4", fps=10, size=(32, 24))
+    third = VideoSink(tmp_path / "overlay.mp4", fps=10, size=(32, 24))  # leaves the locked one alone
+    assert not leftover.exists() and Path(second._temp).exists() and Path(live._temp).exists()
+    for sink in (first, second, third, live):
+        sink.abort()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_unwritable_video_destinations_fail_before_any_frame(tmp_path):

@@ -120,3 +120,36 @@ def test_train_dataset_item_depends_only_on_key(tmp_path):
     a, b = ds[(2, 3)], ds[(2, 3)]
     assert all(np.array_equal(a[k], b[k]) for k in ("image", "label", "mask"))
     assert a["image"].shape == (3, 8, 8) and a["label"].dtype.is_floating_point is False
+
+
+def test_manifest_damaged_incomplete_or_naming_missing_files_is_refused(tmp_path):
+    (tmp_path / "img.png").write_bytes(b"")
+    path = tmp_path / "manifest.json"
+    path.write_text('{"dataset": "synthetic", "root": "x", "train": [')
+    with pytest.raises(datasets.DatasetError, match=r"manifest\.json is damaged \(not valid JSON\); run `dvc repro prepare`"):
+        datasets.read_manifest(path)
+    path.write_text('{"dataset": "synthetic", "root": "x", "train": []}')
+    with pytest.raises(datasets.DatasetError, match="lacks some of dataset, root, train, val"):
+        datasets.read_manifest(path)
+    image, gone = str(tmp_path / "img.png"), str(tmp_path / "gone.png")
+    path.write_text(f'{{"dataset": "synthetic", "root": "x", "train": [["{image}", "{gone}"]], "val": []}}')
+    with pytest.raises(datasets.DatasetError, match=f"names 1 files that do not exist \\(first: {gone}\\)"):
+        datasets.read_manifest(path)
+
+
+def test_split_file_paths_may_be_project_or_root_relative_but_must_exist(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "root" / "a").mkdir(parents=True)
+    for name in ("root/a/x.png", "root/a/y.png", "z.png"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "list.txt").write_text("root/a/x.png z.png\na/y.png z.png\n")
+    assert datasets.read_pairs_file("list.txt", root="root") == [("root/a/x.png", "z.png"), ("a/y.png", "z.png")]
+    with pytest.raises(datasets.DatasetError, match=r"list\.txt names 1 files that do not exist \(first: a/y\.png\)"):
+        datasets.read_pairs_file("list.txt")
+
+
+def test_empty_split_file_is_refused_unless_allowed(tmp_path):
+    (tmp_path / "unlabeled.txt").write_text("\n")
+    with pytest.raises(datasets.DatasetError, match="is empty"):
+        datasets.read_pairs_file(tmp_path / "unlabeled.txt")
+    assert datasets.read_pairs_file(tmp_path / "unlabeled.txt", allow_empty=True) == []

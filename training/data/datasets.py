@@ -204,19 +204,49 @@ def write_manifest(path: str | Path, dataset: str, root: str | Path,
     return manifest
 
 
+MANIFEST_KEYS = ("dataset", "root", "train", "val")
+
+
 def read_manifest(path: str | Path = "data/prepared/manifest.json") -> dict:
+    """The manifest, refused as a whole if it is damaged or names a file that is not there, so a
+    stage fails before its work starts rather than at the first batch that needs the file."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset manifest {path} not found; run `dvc repro prepare` first")
-    return json.loads(path.read_text())
+    fix = "run `dvc repro prepare` (or `python -m training.prepare`) to write it again"
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DatasetError(f"dataset manifest {path} is damaged (not valid JSON); {fix}") from None
+    if not isinstance(manifest, dict) or any(key not in manifest for key in MANIFEST_KEYS):
+        raise DatasetError(f"dataset manifest {path} lacks some of {', '.join(MANIFEST_KEYS)}; {fix}")
+    require_files(manifest["train"] + manifest["val"], f"dataset manifest {path}", fix)
+    return manifest
 
 
-def read_pairs_file(path: str | Path) -> list[tuple[str, str]]:
-    """Our own split files: 'image label' per line, paths as written by the split stage."""
+def read_pairs_file(path: str | Path, root: str | Path | None = None,
+                    allow_empty: bool = False) -> list[tuple[str, str]]:
+    """Our own split files: 'image label' per line, paths as written by the split stage (or, in
+    older lists, relative to the dataset `root`). An unlabeled list is empty when every image
+    is labeled (`allow_empty`); the method decides whether it can train so."""
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"split file {path} not found; run `dvc repro split` first")
     pairs = [tuple(line.split()[:2]) for line in path.read_text().splitlines() if line.strip()]
-    if not pairs:
+    if not pairs and not allow_empty:
         raise DatasetError(f"split file {path} is empty; re-run `dvc repro split` with a smaller labeled_ratio")
+    if any(len(pair) != 2 for pair in pairs):
+        raise DatasetError(f"split file {path} has a line without a label path; re-run `dvc repro split`")
+    require_files(pairs, f"split file {path}", "re-run `dvc repro split` (after `dvc repro prepare` if the "
+                  "dataset moved)", root)
     return pairs
+
+
+def require_files(pairs, listed_in: str, fix: str, root: str | Path | None = None) -> None:
+    """Refuse a list of (image, label) paths naming a file that is not there."""
+    def present(name: str) -> bool:
+        return Path(name).is_file() or (root is not None and (Path(root) / name).is_file())
+
+    missing = [name for pair in pairs for name in pair if not present(name)]
+    if missing:
+        raise DatasetError(f"{listed_in} names {len(missing)} files that do not exist (first: {missing[0]}); {fix}")
