@@ -4,9 +4,15 @@
 (`pip install -e .` compiles it), these names run it: OpenMP over rows, with the GIL released,
 so pipeline threads overlap. Without it they are the NumPy reference, after one warning, so a
 runtime without a compiler still works. `BACKEND` says which one is active ("c" or "numpy").
+
+The ops run beside inference, so their idle OpenMP workers sleep instead of spinning (a
+spinning worker takes the core that inference or the late worker needs): the OpenMP runtime
+reads OMP_WAIT_POLICY once, when the extension loads it, and it is set to passive for that
+moment unless the environment already chose.
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import numpy as np
@@ -14,8 +20,20 @@ import numpy as np
 from runtime.ops import reference
 from runtime.ops.reference import LAYOUTS, OpsInputError
 
+
+def _load_extension():
+    chosen = os.environ.get("OMP_WAIT_POLICY")
+    os.environ["OMP_WAIT_POLICY"] = chosen or "passive"
+    try:
+        from runtime.ops import _ops
+    finally:  # other OpenMP runtimes loaded later (torch's) keep their own default
+        if chosen is None:
+            del os.environ["OMP_WAIT_POLICY"]
+    return _ops
+
+
 try:
-    from runtime.ops import _ops
+    _ops = _load_extension()
 except ImportError as exc:
     _ops = None
     BACKEND = "numpy"
@@ -37,11 +55,12 @@ def _thread_count(count) -> int:
 
 if _ops is not None:
 
-    def preprocess(frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float32, out=None):
-        """Resize + BGR->RGB + normalise + HWC->CHW in one pass; see reference.preprocess.
+    def preprocess(frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float32, out=None, region=None):
+        """Resize + BGR->RGB + normalise + HWC->CHW in one pass, letterboxed into `region`
+        when given; see reference.preprocess.
 
         Float outputs are within 1e-6 of the reference (the C code folds /255, -mean and /std
-        into one multiply-add); "nhwc_uint8" output is bit-identical.
+        into one multiply-add); "nhwc_uint8" output and the padding are bit-identical.
         """
         op = "preprocess"
         height, width = reference.parse_size(op, "out_hw", out_hw)
@@ -49,11 +68,13 @@ if _ops is not None:
         std = reference.parse_triplet(op, "std", std, positive=True)
         as_bytes = reference.parse_layout(op, layout) == "nhwc_uint8"
         as_half = reference.parse_float_dtype(op, dtype) == np.float16
-        return _ops.preprocess(frame_bgr, height, width, mean, std, as_bytes, as_half, out)
+        region = reference.parse_region(op, region, (height, width))
+        return _ops.preprocess(frame_bgr, height, width, mean, std, as_bytes, as_half, out, region)
 
     def upsample_argmax(lowres, out_hw):
-        """Labels of align_corners=True upsampled logits, never materialised; see
-        reference.upsample_argmax (same float operations, so labels match it exactly here)."""
+        """Labels of align_corners=True upsampled logits, never materialised; identical to
+        reference.upsample_argmax. Cells whose four low-resolution neighbours agree on a class
+        by more than float rounding are filled with it; only the rest is interpolated."""
         height, width = reference.parse_size("upsample_argmax", "out_hw", out_hw)
         return _ops.upsample_argmax(lowres, height, width)
 

@@ -7,12 +7,17 @@
  * with -ffp-contract=off so the compiler does not fuse them into FMAs and change results.
  * Arguments arrive already normalised by the wrappers in runtime/ops/__init__.py; arrays are
  * validated here because this code reads their memory directly.
+ *
+ * The ops share the cores with inference, so a worker may be descheduled mid-call: loops hand
+ * out small chunks dynamically (the running threads take over the waiting work) instead of a
+ * fixed share per thread, and runtime/ops/__init__.py makes idle workers sleep, not spin.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <math.h>
 #include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -23,6 +28,7 @@
 #define ALPHA_ONE 256
 #define MAX_CLASSES 256
 #define ARGMAX_CHUNK 2048
+#define ROW_CHUNK 8       /* output rows a worker takes at a time */
 
 /* Hot loops get an AVX2 clone picked at load time where the CPU has it; the baseline build
    stays portable. No FMA: results must not depend on the CPU. */
@@ -294,17 +300,23 @@ static int check_size(const char *op, long height, long width)
 
 typedef struct {
     const uint8_t *src;
-    int64_t src_h, src_w, h, w;
-    Taps ty, tx;
-    float scale[3], bias[3]; /* RGB: (v / 255 - mean) / std == v * scale + bias */
+    int64_t src_h, src_w;
+    int64_t out_h, out_w;      /* the whole network input */
+    int64_t top, left, h, w;   /* where the resized frame goes; the rest is padding */
+    Taps ty, tx;               /* for the h x w resize */
+    float scale[3], bias[3];   /* RGB: (v / 255 - mean) / std == v * scale + bias */
+    uint8_t pad_rgb[3];        /* "nhwc_uint8" padding: the mean colour in bytes */
 } Resize;
 
 /* Returns -1 when a worker could not get its buffers. float16 output is computed into float
-   rows first and converted by plane, which vectorises. */
+   rows first and converted by plane, which vectorises. Padding is 0.0 (the mean colour,
+   normalised); float16 zero has the same all-zero bits. */
 static int preprocess_float(const Resize *r, float *out32, uint16_t *out16)
 {
     int failed = 0;
-    const int64_t row_len = r->src_w * 3, plane = r->h * r->w;
+    const int64_t row_len = r->src_w * 3, plane = r->out_h * r->out_w;
+    const size_t elem = out16 ? sizeof(uint16_t) : sizeof(float);
+    char *const base = out16 ? (char *)out16 : (char *)out32;
 #pragma omp parallel num_threads(thread_count)
     {
         float *rows = malloc(row_len * sizeof(float)); /* vertical pass, BGR interleaved */
@@ -314,9 +326,21 @@ static int preprocess_float(const Resize *r, float *out32, uint16_t *out16)
 #pragma omp atomic write
             failed = 1;
         }
-#pragma omp for schedule(static)
-        for (int64_t dy = 0; dy < r->h; dy++) {
+#pragma omp for schedule(dynamic, ROW_CHUNK)
+        for (int64_t oy = 0; oy < r->out_h; oy++) {
             if (!ready)
+                continue;
+            const int64_t dy = oy - r->top;
+            for (int c = 0; c < 3; c++) {
+                char *row = base + (c * plane + oy * r->out_w) * elem;
+                if (dy < 0 || dy >= r->h) {
+                    memset(row, 0, r->out_w * elem);
+                } else {
+                    memset(row, 0, r->left * elem);
+                    memset(row + (r->left + r->w) * elem, 0, (r->out_w - r->left - r->w) * elem);
+                }
+            }
+            if (dy < 0 || dy >= r->h)
                 continue;
             const uint8_t *s0 = r->src + r->ty.i0[dy] * row_len, *s1 = r->src + r->ty.i1[dy] * row_len;
             const float wy = r->ty.frac[dy], wy0 = 1.0f - wy;
@@ -324,7 +348,7 @@ static int preprocess_float(const Resize *r, float *out32, uint16_t *out16)
                 rows[i] = wy0 * (float)s0[i] + wy * (float)s1[i];
             float *dst[3];
             for (int c = 0; c < 3; c++)
-                dst[c] = out16 ? scratch + c * r->w : out32 + c * plane + dy * r->w;
+                dst[c] = out16 ? scratch + c * r->w : out32 + c * plane + oy * r->out_w + r->left;
             for (int64_t dx = 0; dx < r->w; dx++) {
                 const float *p0 = rows + 3 * (int64_t)r->tx.i0[dx], *p1 = rows + 3 * (int64_t)r->tx.i1[dx];
                 const float wx = r->tx.frac[dx], wx0 = 1.0f - wx;
@@ -333,12 +357,18 @@ static int preprocess_float(const Resize *r, float *out32, uint16_t *out16)
             }
             if (out16)
                 for (int c = 0; c < 3; c++)
-                    floats_to_halves(dst[c], out16 + c * plane + dy * r->w, r->w);
+                    floats_to_halves(dst[c], out16 + c * plane + oy * r->out_w + r->left, r->w);
         }
         free(rows);
         free(scratch);
     }
     return failed ? -1 : 0;
+}
+
+static void fill_pixels(uint8_t *dst, int64_t count, const uint8_t rgb[3])
+{
+    for (int64_t i = 0; i < count; i++)
+        memcpy(dst + 3 * i, rgb, 3);
 }
 
 static int preprocess_bytes(const Resize *r, uint8_t *out)
@@ -352,15 +382,23 @@ static int preprocess_bytes(const Resize *r, uint8_t *out)
 #pragma omp atomic write
             failed = 1;
         }
-#pragma omp for schedule(static)
-        for (int64_t dy = 0; dy < r->h; dy++) {
+#pragma omp for schedule(dynamic, ROW_CHUNK)
+        for (int64_t oy = 0; oy < r->out_h; oy++) {
             if (!rows)
                 continue;
+            const int64_t dy = oy - r->top;
+            uint8_t *row = out + oy * r->out_w * 3;
+            if (dy < 0 || dy >= r->h) {
+                fill_pixels(row, r->out_w, r->pad_rgb);
+                continue;
+            }
+            fill_pixels(row, r->left, r->pad_rgb);
+            fill_pixels(row + (r->left + r->w) * 3, r->out_w - r->left - r->w, r->pad_rgb);
             const uint8_t *s0 = r->src + r->ty.i0[dy] * row_len, *s1 = r->src + r->ty.i1[dy] * row_len;
             const int32_t wy = r->ty.frac_q[dy], wy0 = WEIGHT_ONE - wy;
             for (int64_t i = 0; i < row_len; i++)
                 rows[i] = wy0 * (int32_t)s0[i] + wy * (int32_t)s1[i];
-            uint8_t *dst = out + dy * r->w * 3;
+            uint8_t *dst = row + r->left * 3;
             for (int64_t dx = 0; dx < r->w; dx++) {
                 const int32_t *p0 = rows + 3 * (int64_t)r->tx.i0[dx], *p1 = rows + 3 * (int64_t)r->tx.i1[dx];
                 const int32_t wx = r->tx.frac_q[dx], wx0 = WEIGHT_ONE - wx;
@@ -379,15 +417,21 @@ static PyObject *py_preprocess(PyObject *self, PyObject *args)
 {
     const char *op = "preprocess";
     PyObject *frame_obj, *out_obj;
-    long height, width;
+    long height, width, top, left, inner_h, inner_w;
     double mean[3], std[3];
     int as_bytes, as_half;
-    if (!PyArg_ParseTuple(args, "Oll(ddd)(ddd)ppO", &frame_obj, &height, &width, &mean[0], &mean[1], &mean[2],
-                          &std[0], &std[1], &std[2], &as_bytes, &as_half, &out_obj))
+    if (!PyArg_ParseTuple(args, "Oll(ddd)(ddd)ppO(llll)", &frame_obj, &height, &width, &mean[0], &mean[1],
+                          &mean[2], &std[0], &std[1], &std[2], &as_bytes, &as_half, &out_obj, &top, &left,
+                          &inner_h, &inner_w))
         return NULL;
     PyArrayObject *frame = checked_frame(frame_obj, op);
     if (!frame || check_size(op, height, width))
         return NULL;
+    if (top < 0 || left < 0 || inner_h < 1 || inner_w < 1 || top + inner_h > height || left + inner_w > width) {
+        PyErr_Format(input_error, "%s: region (%ld, %ld, %ld, %ld) must lie inside out_hw (%ld, %ld)", op, top,
+                     left, inner_h, inner_w, height, width);
+        return NULL;
+    }
     for (int c = 0; c < 3; c++) {
         if (!(std[c] > 0.0)) {
             PyErr_Format(input_error, "%s: std must be positive", op);
@@ -405,16 +449,18 @@ static PyObject *py_preprocess(PyObject *self, PyObject *args)
         return NULL;
     }
     Resize r = {.src = PyArray_DATA(frame), .src_h = PyArray_DIM(frame, 0), .src_w = PyArray_DIM(frame, 1),
-                .h = height, .w = width};
+                .out_h = height, .out_w = width, .top = top, .left = left, .h = inner_h, .w = inner_w};
     for (int c = 0; c < 3; c++) {
         r.scale[c] = (float)(1.0 / (255.0 * std[c]));
         r.bias[c] = (float)(-mean[c] / std[c]);
+        const double level = floor(mean[c] * 255.0 + 0.5);
+        r.pad_rgb[c] = (uint8_t)(level < 0.0 ? 0.0 : level > 255.0 ? 255.0 : level);
     }
-    if (half_pixel_taps(&r.ty, r.src_h, height)) {
+    if (half_pixel_taps(&r.ty, r.src_h, inner_h)) {
         Py_DECREF(out);
         return PyErr_NoMemory();
     }
-    if (half_pixel_taps(&r.tx, r.src_w, width)) {
+    if (half_pixel_taps(&r.tx, r.src_w, inner_w)) {
         taps_free(&r.ty);
         Py_DECREF(out);
         return PyErr_NoMemory();
@@ -440,131 +486,379 @@ static PyObject *py_preprocess(PyObject *self, PyObject *args)
 /* ---------------------------------------------------------------------------------------- */
 /* upsample_argmax                                                                           */
 
+/* Every output pixel lies in a cell of four low-resolution neighbours (the taps' i0 and i1 in
+   both axes), and its value per class is a convex combination of that class's values at the
+   four corners. So a class that beats another at all four corners by more than the rounding
+   error of the float interpolation beats it at every pixel of the cell:
+   - a cell whose four corners have the same winner by that margin is filled with it;
+   - in any other cell only the classes that no corner's winner beats that way are
+     interpolated, with the reference's float operations in its order, so the labels, ties
+     included, are the reference's.
+   Each interpolated value is within 11 float32 ulps (2^-24) of the largest |logit| M (two
+   lerps of 5 ulps each); MARGIN = 64 ulps of M is more than the 22 that two values need.
+   Subnormal results round by an absolute amount, which MARGIN_FLOOR covers; beyond
+   MARGIN_LIMIT the differences could overflow, and every class is interpolated. */
+#define MARGIN 0x1p-18f
+#define MARGIN_FLOOR 0x1p-100f
+#define MARGIN_LIMIT 0x1p125f
+
 typedef struct {
     const void *src; /* float32 or float16 bits */
     int is_half;
     int64_t classes, h, w, out_h, out_w;
     Taps ty, tx;
-    int64_t runs;       /* maximal runs of output columns with the same (i0, i1) */
-    int32_t *run_start; /* runs + 1 entries; the last is out_w */
+    int64_t runs, groups;  /* maximal runs of output columns / rows with the same (i0, i1) */
+    int32_t *run_start;    /* runs + 1 entries; the last is out_w */
+    int32_t *group_start;  /* groups + 1 entries; the last is out_h */
+    uint8_t *winner;       /* per low-resolution pixel: the argmax, lowest class on a tie */
+    float *gap;            /* the winner's logit minus the runner-up's (0 on a tie) */
+    float margin;          /* what a class must win by at every corner (from the largest |logit|) */
 } Upsample;
 
-static int32_t *column_runs(const Taps *tx, int64_t width, int64_t *runs)
+/* A stretch of adjacent interpolated cells in one row group, and the classes that may win
+   in any of them; interpolating them together keeps the loops long enough to vectorise. */
+typedef struct {
+    int64_t first_run, end_run; /* column runs first_run .. end_run - 1 */
+    int64_t count;              /* classes */
+    int64_t offset;             /* where their passes start in UpsampleWork.top / diff */
+} Span;
+
+/* Per worker: what one row group needs. */
+typedef struct {
+    int32_t *fill;        /* per column run: the class filling its cell, or -1 (interpolated) */
+    Span *spans;
+    int64_t *stretch_run;       /* the first column run of each stretch of a row, then runs */
+    const Span **stretch_span;  /* its span, or NULL for a stretch filled with one class */
+    uint8_t *classes;     /* per span, `classes` entries: the span's classes in increasing order */
+    uint8_t *in_span;     /* per class: whether the open span has it */
+    uint8_t *cands;       /* the candidates of one cell */
+    float *top, *diff;    /* per span, class and column: the upper horizontal pass, lower - upper */
+    float *best, *second, *row, *magnitude;
+    int32_t *best_class;
+} UpsampleWork;
+
+static int32_t *tap_runs(const Taps *taps, int64_t size, int64_t *runs)
 {
-    int32_t *start = malloc((width + 1) * sizeof(int32_t));
+    int32_t *start = malloc((size + 1) * sizeof(int32_t));
     if (!start)
         return NULL;
     int64_t count = 0;
-    for (int64_t dx = 0; dx < width; dx++)
-        if (dx == 0 || tx->i0[dx] != tx->i0[dx - 1] || tx->i1[dx] != tx->i1[dx - 1])
-            start[count++] = (int32_t)dx;
-    start[count] = (int32_t)width;
+    for (int64_t d = 0; d < size; d++)
+        if (d == 0 || taps->i0[d] != taps->i0[d - 1] || taps->i1[d] != taps->i1[d - 1])
+            start[count++] = (int32_t)d;
+    start[count] = (int32_t)size;
     *runs = count;
     return start;
 }
 
-/* Horizontal pass of source row y for every class: dst[k * out_w + dx]. Output columns come
-   in runs that share both taps, so each run loads its two source values once. */
-VECTOR_CLONES static void upsample_row(const Upsample *u, int64_t y, float *dst)
+static inline float logit_at(const Upsample *u, int64_t k, int64_t y, int64_t x)
 {
-    const float *frac = u->tx.frac;
+    const int64_t i = (k * u->h + y) * u->w + x;
+    return u->is_half ? half_to_float(((const uint16_t *)u->src)[i]) : ((const float *)u->src)[i];
+}
+
+/* Row y of class k as floats: the logits themselves, or converted into `scratch`. */
+static const float *logit_row(const Upsample *u, int64_t k, int64_t y, float *scratch)
+{
+    const int64_t start = (k * u->h + y) * u->w;
+    if (!u->is_half)
+        return (const float *)u->src + start;
+    for (int64_t x = 0; x < u->w; x++)
+        scratch[x] = half_to_float(((const uint16_t *)u->src)[start + x]);
+    return scratch;
+}
+
+/* Folds class k's values into the running best, runner-up (max(second, min(best, v)) is the
+   runner-up whichever wins; a tie makes it equal to the best), winner and largest |value|. */
+VECTOR_CLONES static void stats_update(const float *restrict values, int64_t width, int32_t klass,
+                                       float *restrict best, float *restrict second, int32_t *restrict winner,
+                                       float *restrict magnitude)
+{
+    for (int64_t x = 0; x < width; x++) {
+        const float v = values[x], b = best[x], low = v < b ? v : b, size = fabsf(v);
+        const int32_t wins = -(int32_t)(v > b);
+        second[x] = low > second[x] ? low : second[x];
+        best[x] = v > b ? v : b;
+        winner[x] = (winner[x] & ~wins) | (klass & wins);
+        magnitude[x] = size > magnitude[x] ? size : magnitude[x];
+    }
+}
+
+/* winner and gap of every pixel of low-resolution row y; returns its largest |logit|. */
+static float row_stats(const Upsample *u, UpsampleWork *work, int64_t y)
+{
+    float *best = work->best, *second = work->second, *magnitude = work->magnitude;
+    int32_t *winner = work->best_class;
+    const float *first = logit_row(u, 0, y, work->row);
+    for (int64_t x = 0; x < u->w; x++) {
+        best[x] = first[x];
+        second[x] = -INFINITY;
+        winner[x] = 0;
+        magnitude[x] = fabsf(first[x]);
+    }
+    for (int64_t k = 1; k < u->classes; k++)
+        stats_update(logit_row(u, k, y, work->row), u->w, (int32_t)k, best, second, winner, magnitude);
+    float largest = 0.0f;
+    for (int64_t x = 0; x < u->w; x++) {
+        u->winner[y * u->w + x] = (uint8_t)winner[x];
+        u->gap[y * u->w + x] = best[x] - second[x];
+        largest = magnitude[x] > largest ? magnitude[x] : largest;
+    }
+    return largest;
+}
+
+/* The classes that may win somewhere in the cell with corners `at`, in increasing order:
+   those no corner's winner beats at all four corners by more than the margin. */
+static int64_t cell_candidates(const Upsample *u, const int64_t at[4][2], uint8_t *cands)
+{
+    int64_t winners[4], distinct = 0, corner[4];
+    float winner_value[4][4];
+    for (int i = 0; i < 4; i++) {
+        corner[i] = at[i][0] * u->w + at[i][1];
+        const int64_t k = u->winner[corner[i]];
+        int seen = 0;
+        for (int64_t j = 0; j < distinct; j++)
+            seen |= winners[j] == k;
+        if (!seen)
+            winners[distinct++] = k;
+    }
+    for (int64_t j = 0; j < distinct; j++)
+        for (int i = 0; i < 4; i++)
+            winner_value[j][i] = logit_at(u, winners[j], at[i][0], at[i][1]);
+    const int64_t plane = u->h * u->w;
+    const float margin = u->margin, *src32 = u->src;
+    const uint16_t *src16 = u->src;
+    const int is_half = u->is_half;
+    int64_t count = 0;
     for (int64_t k = 0; k < u->classes; k++) {
-        const int64_t base = (k * u->h + y) * u->w;
-        float *row = dst + k * u->out_w;
-        for (int64_t r = 0; r < u->runs; r++) {
-            const int64_t first = u->run_start[r], end = u->run_start[r + 1];
-            float a, b;
-            if (u->is_half) {
-                const uint16_t *src = (const uint16_t *)u->src + base;
-                a = half_to_float(src[u->tx.i0[first]]);
-                b = half_to_float(src[u->tx.i1[first]]);
-            } else {
-                const float *src = (const float *)u->src + base;
-                a = src[u->tx.i0[first]];
-                b = src[u->tx.i1[first]];
-            }
-            const float step = b - a;
-            for (int64_t dx = first; dx < end; dx++)
-                row[dx] = a + frac[dx] * step;
-        }
+        float value[4];
+        for (int i = 0; i < 4; i++)
+            value[i] = is_half ? half_to_float(src16[k * plane + corner[i]]) : src32[k * plane + corner[i]];
+        int beaten = 0;
+        for (int64_t j = 0; j < distinct; j++)
+            beaten |= (winner_value[j][0] - value[0] > margin) & (winner_value[j][1] - value[1] > margin) &
+                      (winner_value[j][2] - value[2] > margin) & (winner_value[j][3] - value[3] > margin);
+        cands[count] = (uint8_t)k;
+        count += !beaten;
     }
+    return count;
 }
 
-/* One output row from a pair of horizontal passes: v = top + fy * diff per class, where
-   diff = bottom - top; a class replaces the running best only when strictly larger. */
-VECTOR_CLONES static void upsample_compare_row(const float *restrict top, const float *restrict diff,
-                                               int64_t classes, int64_t width, float fy, float *restrict best,
-                                               int32_t *restrict best_class, uint8_t *restrict labels)
+/* The class filling every pixel of the cell of column run r between source rows y0 and y1,
+   or -1. For -1 the cell's candidates join the open span's classes (*members of them), unless
+   it already has them all. */
+static int32_t plan_cell(const Upsample *u, UpsampleWork *work, int64_t r, int64_t y0, int64_t y1,
+                         int64_t *members)
 {
-    for (int64_t dx = 0; dx < width; dx++) {
-        best[dx] = top[dx] + fy * diff[dx];
-        best_class[dx] = 0;
+    const int64_t first = u->run_start[r], x0 = u->tx.i0[first], x1 = u->tx.i1[first];
+    const int64_t at[4][2] = {{y0, x0}, {y0, x1}, {y1, x0}, {y1, x1}};
+    const int64_t p0 = y0 * u->w + x0, p1 = y0 * u->w + x1, p2 = y1 * u->w + x0, p3 = y1 * u->w + x1;
+    const uint8_t *winner = u->winner;
+    const float *gap = u->gap, margin = u->margin;
+    if (winner[p0] == winner[p1] && winner[p0] == winner[p2] && winner[p0] == winner[p3] && gap[p0] > margin &&
+        gap[p1] > margin && gap[p2] > margin && gap[p3] > margin)
+        return winner[p0];
+    if (*members == u->classes)
+        return -1;
+    const int64_t count = cell_candidates(u, at, work->cands);
+    if (count == 1)
+        return work->cands[0];
+    for (int64_t j = 0; j < count; j++) {
+        *members += !work->in_span[work->cands[j]];
+        work->in_span[work->cands[j]] = 1;
     }
-    for (int64_t k = 1; k < classes; k++) {
-        const float *t = top + k * width, *d = diff + k * width;
-        const int32_t klass = (int32_t)k;
-        for (int64_t dx = 0; dx < width; dx++) {
-            const float v = t[dx] + fy * d[dx], b = best[dx];
-            const int32_t wins = -(int32_t)(v > b); /* all ones where v wins; selects vectorise */
-            best[dx] = v > b ? v : b;
-            best_class[dx] = (best_class[dx] & ~wins) | (klass & wins);
-        }
-    }
-    for (int64_t dx = 0; dx < width; dx++)
-        labels[dx] = (uint8_t)best_class[dx];
+    return -1;
 }
 
-/* Each worker keeps the horizontal passes of the last two source rows it used and their
-   difference: output rows between the same pair of source rows then cost one multiply-add
-   and one compare per class and pixel. */
-static int upsample_argmax_run(const Upsample *u, uint8_t *labels)
+/* Class k's horizontal passes over the columns of runs first_run .. end_run - 1, the
+   reference's row = L[y, x0] + fx * (L[y, x1] - L[y, x0]) for y0 (top) and y1 (diff = the y1
+   pass - top); `top` and `diff` are indexed by output column. */
+VECTOR_CLONES static void horizontal_passes(const Upsample *u, int64_t k, int64_t y0, int64_t y1, int64_t first_run,
+                                            int64_t end_run, float *restrict top, float *restrict diff)
+{
+    for (int64_t r = first_run; r < end_run; r++) {
+        const int64_t first = u->run_start[r], end = u->run_start[r + 1];
+        const int64_t x0 = u->tx.i0[first], x1 = u->tx.i1[first];
+        const float a0 = logit_at(u, k, y0, x0), b0 = logit_at(u, k, y0, x1);
+        const float a1 = logit_at(u, k, y1, x0), b1 = logit_at(u, k, y1, x1);
+        const float step0 = b0 - a0, step1 = b1 - a1;
+        const float *restrict frac = u->tx.frac;
+        for (int64_t dx = first; dx < end; dx++) {
+            top[dx] = a0 + frac[dx] * step0;
+            diff[dx] = (a1 + frac[dx] * step1) - top[dx];
+        }
+    }
+}
+
+/* Lists the open span's classes and computes their horizontal passes. */
+static void close_span(const Upsample *u, UpsampleWork *work, Span *span, int64_t y0, int64_t y1, int64_t *used)
+{
+    uint8_t *classes = work->classes + (span - work->spans) * u->classes;
+    span->count = 0;
+    for (int64_t k = 0; k < u->classes; k++) {
+        if (work->in_span[k])
+            classes[span->count++] = (uint8_t)k;
+        work->in_span[k] = 0;
+    }
+    const int64_t begin = u->run_start[span->first_run], len = u->run_start[span->end_run] - begin;
+    span->offset = *used;
+    *used += span->count * len;
+    for (int64_t j = 0; j < span->count; j++)
+        horizontal_passes(u, classes[j], y0, y1, span->first_run, span->end_run,
+                          work->top + span->offset + j * len - begin, work->diff + span->offset + j * len - begin);
+}
+
+/* One output row of a span: v = top + fy * diff per class; a class replaces the running best
+   only when strictly larger, so the lowest class wins a tie. */
+VECTOR_CLONES static void span_row(const float *restrict top, const float *restrict diff, const uint8_t *classes,
+                                   int64_t count, int64_t len, float fy, float *restrict best,
+                                   int32_t *restrict best_class, uint8_t *restrict labels)
+{
+    for (int64_t t = 0; t < len; t++) {
+        best[t] = top[t] + fy * diff[t];
+        best_class[t] = classes[0];
+    }
+    for (int64_t j = 1; j < count; j++) {
+        const float *tj = top + j * len, *dj = diff + j * len;
+        const int32_t klass = classes[j];
+        for (int64_t t = 0; t < len; t++) {
+            const float v = tj[t] + fy * dj[t], b = best[t];
+            const int32_t wins = -(int32_t)(v > b); /* all ones where v wins; selects vectorise */
+            best[t] = v > b ? v : b;
+            best_class[t] = (best_class[t] & ~wins) | (klass & wins);
+        }
+    }
+    for (int64_t t = 0; t < len; t++)
+        labels[t] = (uint8_t)best_class[t];
+}
+
+/* The output rows sharing source rows (y0, y1): plan every cell, compute the passes of the
+   spans, then write each row stretch by stretch (a memset per class or a span's compare). */
+static void upsample_group(const Upsample *u, UpsampleWork *work, int64_t g, uint8_t *labels)
+{
+    const int64_t row0 = u->group_start[g], row_end = u->group_start[g + 1];
+    const int64_t y0 = u->ty.i0[row0], y1 = u->ty.i1[row0];
+    int64_t spans = 0, used = 0, members = 0;
+    Span *open = NULL;
+    for (int64_t r = 0; r < u->runs; r++) {
+        work->fill[r] = plan_cell(u, work, r, y0, y1, &members);
+        if (work->fill[r] < 0) {
+            if (!open) {
+                open = work->spans + spans++;
+                open->first_run = r;
+            }
+            open->end_run = r + 1;
+        } else if (open) {
+            close_span(u, work, open, y0, y1, &used);
+            open = NULL;
+            members = 0;
+        }
+    }
+    if (open)
+        close_span(u, work, open, y0, y1, &used);
+    /* the row's stretches: fill[r] >= 0 runs of the same class, and spans */
+    int64_t stretches = 0;
+    const Span *span = work->spans;
+    for (int64_t r = 0; r < u->runs; stretches++) {
+        int64_t end = r + 1;
+        if (work->fill[r] >= 0) {
+            while (end < u->runs && work->fill[end] == work->fill[r])
+                end++;
+            work->stretch_span[stretches] = NULL;
+        } else {
+            end = span->end_run;
+            work->stretch_span[stretches] = span++;
+        }
+        work->stretch_run[stretches] = r;
+        r = end;
+    }
+    work->stretch_run[stretches] = u->runs;
+    for (int64_t dy = row0; dy < row_end; dy++) {
+        uint8_t *row = labels + dy * u->out_w;
+        for (int64_t i = 0; i < stretches; i++) {
+            const int64_t first = u->run_start[work->stretch_run[i]];
+            const int64_t len = u->run_start[work->stretch_run[i + 1]] - first;
+            const Span *part = work->stretch_span[i];
+            if (!part)
+                memset(row + first, work->fill[work->stretch_run[i]], len);
+            else
+                span_row(work->top + part->offset, work->diff + part->offset,
+                         work->classes + (part - work->spans) * u->classes, part->count, len, u->ty.frac[dy],
+                         work->best, work->best_class, row + first);
+        }
+    }
+}
+
+static void upsample_work_free(UpsampleWork *work)
+{
+    free(work->fill);
+    free(work->spans);
+    free(work->stretch_run);
+    free(work->stretch_span);
+    free(work->classes);
+    free(work->in_span);
+    free(work->cands);
+    free(work->top);
+    free(work->diff);
+    free(work->best);
+    free(work->second);
+    free(work->row);
+    free(work->magnitude);
+    free(work->best_class);
+}
+
+static int upsample_work_alloc(const Upsample *u, UpsampleWork *work)
+{
+    const int64_t width = u->out_w > u->w ? u->out_w : u->w;
+    work->fill = malloc(u->runs * sizeof(int32_t));
+    work->spans = malloc(u->runs * sizeof(Span));
+    work->stretch_run = malloc((u->runs + 1) * sizeof(int64_t));
+    work->stretch_span = malloc(u->runs * sizeof(Span *));
+    work->classes = malloc(u->runs * u->classes);
+    work->in_span = calloc(u->classes, 1);
+    work->cands = malloc(u->classes);
+    work->top = malloc(u->classes * u->out_w * sizeof(float));
+    work->diff = malloc(u->classes * u->out_w * sizeof(float));
+    work->best = malloc(width * sizeof(float));
+    work->second = malloc(u->w * sizeof(float));
+    work->row = malloc(u->w * sizeof(float));
+    work->magnitude = malloc(u->w * sizeof(float));
+    work->best_class = malloc(width * sizeof(int32_t));
+    if (work->fill && work->spans && work->stretch_run && work->stretch_span && work->classes && work->in_span && work->cands && work->top && work->diff &&
+        work->best && work->second && work->row && work->magnitude && work->best_class)
+        return 0;
+    upsample_work_free(work);
+    return -1;
+}
+
+static int upsample_argmax_run(Upsample *u, uint8_t *labels)
 {
     int failed = 0;
-    const int64_t width = u->out_w, slot_len = u->classes * u->out_w;
+    float largest = 0.0f;
 #pragma omp parallel num_threads(thread_count)
     {
-        float *slots = malloc(3 * slot_len * sizeof(float)); /* two source rows, then the diff */
-        float *best = malloc(width * sizeof(float));
-        int32_t *best_class = malloc(width * sizeof(int32_t));
-        int64_t slot_row[2] = {-1, -1}, diff_rows[2] = {-1, -1};
-        int top_slot = 0;
-        const int ready = slots && best && best_class;
+        UpsampleWork work;
+        const int ready = upsample_work_alloc(u, &work) == 0;
         if (!ready) {
 #pragma omp atomic write
             failed = 1;
         }
-#pragma omp for schedule(static)
-        for (int64_t dy = 0; dy < u->out_h; dy++) {
+#pragma omp for schedule(dynamic, ROW_CHUNK) reduction(max : largest)
+        for (int64_t y = 0; y < u->h; y++) {
             if (!ready)
                 continue;
-            const int64_t y0 = u->ty.i0[dy], y1 = u->ty.i1[dy];
-            float *diff = slots + 2 * slot_len;
-            if (diff_rows[0] != y0 || diff_rows[1] != y1) {
-                int s0 = slot_row[0] == y0 ? 0 : slot_row[1] == y0 ? 1 : -1;
-                if (s0 < 0) {
-                    s0 = slot_row[0] == y1 ? 1 : 0; /* keep y1 if it is cached */
-                    upsample_row(u, y0, slots + s0 * slot_len);
-                    slot_row[s0] = y0;
-                }
-                int s1 = slot_row[0] == y1 ? 0 : slot_row[1] == y1 ? 1 : -1;
-                if (s1 < 0) {
-                    s1 = 1 - s0;
-                    upsample_row(u, y1, slots + s1 * slot_len);
-                    slot_row[s1] = y1;
-                }
-                const float *top = slots + s0 * slot_len, *bottom = slots + s1 * slot_len;
-                for (int64_t i = 0; i < slot_len; i++)
-                    diff[i] = bottom[i] - top[i];
-                top_slot = s0;
-                diff_rows[0] = y0;
-                diff_rows[1] = y1;
-            }
-            upsample_compare_row(slots + top_slot * slot_len, diff, u->classes, width, u->ty.frac[dy], best,
-                                 best_class, labels + dy * width);
+            const float row_largest = row_stats(u, &work, y);
+            largest = row_largest > largest ? row_largest : largest;
         }
-        free(slots);
-        free(best);
-        free(best_class);
+#pragma omp single
+        u->margin = largest > MARGIN_LIMIT ? INFINITY : fmaxf(largest * MARGIN, MARGIN_FLOOR);
+        /* every cell reads the stats of two rows and the margin: the barriers wait for them */
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t g = 0; g < u->groups; g++)
+            if (ready)
+                upsample_group(u, &work, g, labels);
+        if (ready)
+            upsample_work_free(&work);
     }
     return failed ? -1 : 0;
 }
@@ -586,25 +880,27 @@ static PyObject *py_upsample_argmax(PyObject *self, PyObject *args)
     PyArrayObject *labels = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_UINT8);
     if (!labels)
         return NULL;
-    if (align_corners_taps(&u.ty, u.h, height)) {
-        Py_DECREF(labels);
-        return PyErr_NoMemory();
-    }
-    if (align_corners_taps(&u.tx, u.w, width)) {
-        taps_free(&u.ty);
-        Py_DECREF(labels);
-        return PyErr_NoMemory();
-    }
-    u.run_start = column_runs(&u.tx, width, &u.runs);
     int status = -1;
-    if (u.run_start) {
-        Py_BEGIN_ALLOW_THREADS
-        status = upsample_argmax_run(&u, PyArray_DATA(labels));
-        Py_END_ALLOW_THREADS
+    const int64_t pixels = u.h * u.w;
+    u.winner = malloc(pixels);
+    u.gap = malloc(pixels * sizeof(float));
+    if (u.winner && u.gap && !align_corners_taps(&u.ty, u.h, height)) {
+        if (!align_corners_taps(&u.tx, u.w, width)) {
+            u.run_start = tap_runs(&u.tx, width, &u.runs);
+            u.group_start = tap_runs(&u.ty, height, &u.groups);
+            if (u.run_start && u.group_start) {
+                Py_BEGIN_ALLOW_THREADS
+                status = upsample_argmax_run(&u, PyArray_DATA(labels));
+                Py_END_ALLOW_THREADS
+            }
+            free(u.run_start);
+            free(u.group_start);
+            taps_free(&u.tx);
+        }
+        taps_free(&u.ty);
     }
-    free(u.run_start);
-    taps_free(&u.ty);
-    taps_free(&u.tx);
+    free(u.winner);
+    free(u.gap);
     if (status) {
         Py_DECREF(labels);
         return PyErr_NoMemory();
@@ -664,7 +960,7 @@ VECTOR_CLONES static void argmax_half_chunk(const uint16_t *logits, int64_t clas
 static void argmax_run(const void *logits, int is_half, int64_t classes, int64_t pixels, uint8_t *labels)
 {
     const int64_t chunks = (pixels + ARGMAX_CHUNK - 1) / ARGMAX_CHUNK;
-#pragma omp parallel for schedule(static) num_threads(thread_count)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count)
     for (int64_t chunk = 0; chunk < chunks; chunk++) {
         const int64_t start = chunk * ARGMAX_CHUNK;
         const int64_t count = pixels - start < ARGMAX_CHUNK ? pixels - start : ARGMAX_CHUNK;
@@ -708,7 +1004,7 @@ typedef struct {
 
 static void blend_run(const Blend *b, uint8_t *out)
 {
-#pragma omp parallel for schedule(static) num_threads(thread_count)
+#pragma omp parallel for schedule(dynamic, ROW_CHUNK) num_threads(thread_count)
     for (int64_t y = 0; y < b->height; y++) {
         const uint8_t *label_row = b->labels + (y * b->label_h / b->height) * b->label_w;
         const uint8_t *src = b->frame + y * b->width * 3;
@@ -815,7 +1111,8 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs)
 
 static PyMethodDef methods[] = {
     {"preprocess", py_preprocess, METH_VARARGS,
-     "preprocess(frame, height, width, mean, std, as_bytes, as_half, out): see runtime.ops.preprocess."},
+     "preprocess(frame, height, width, mean, std, as_bytes, as_half, out, (top, left, h, w)): "
+     "see runtime.ops.preprocess."},
     {"upsample_argmax", py_upsample_argmax, METH_VARARGS,
      "upsample_argmax(logits, height, width): see runtime.ops.upsample_argmax."},
     {"argmax", py_argmax, METH_VARARGS, "argmax(logits): see runtime.ops.argmax."},

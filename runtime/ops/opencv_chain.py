@@ -54,6 +54,17 @@ def upsample_argmax(lowres, out_hw):
     return np.argmax(upsampled, axis=0).astype(np.uint8)
 
 
+def upsample_argmax_shortcut(lowres, out_hw):
+    """The lossy shortcut taken instead of upsample + argmax: np.argmax of the low-resolution
+    logits, then a nearest-neighbour cv2.resize of the labels. Blocky class boundaries, up to
+    half a low-resolution pixel off; a benchmark baseline, not the same labels."""
+    op = "upsample_argmax"
+    logits = reference.check_logits(op, lowres)
+    height, width = reference.parse_size(op, "out_hw", out_hw)
+    labels = np.argmax(logits, axis=0).astype(np.uint8)
+    return cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
 def argmax(logits):
     """np.argmax over the class axis."""
     logits = reference.check_logits("argmax", logits)

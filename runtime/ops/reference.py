@@ -61,6 +61,26 @@ def parse_layout(op: str, layout) -> str:
     return layout
 
 
+def parse_region(op: str, region, out_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the part of `out_hw` the frame fills; all of it for None."""
+    if region is None:
+        return (0, 0, *out_hw)
+    if (not isinstance(region, (tuple, list)) or len(region) != 4
+            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in region)):
+        raise OpsInputError(f"{op}: region must be (top, left, height, width) as four ints, got {region!r}")
+    top, left, height, width = (int(v) for v in region)
+    if top < 0 or left < 0 or height < 1 or width < 1 or top + height > out_hw[0] or left + width > out_hw[1]:
+        raise OpsInputError(f"{op}: region {region!r} must lie inside out_hw {out_hw}")
+    return top, left, height, width
+
+
+def pad_bytes(mean) -> np.ndarray:
+    """The mean colour as RGB bytes, floor(mean * 255 + 0.5) clipped to 0..255: the "nhwc_uint8"
+    letterbox padding (float layouts pad with 0.0, the mean colour normalised)."""
+    levels = np.floor(np.asarray(mean, dtype=np.float64) * 255 + 0.5)
+    return np.clip(levels, 0, 255).astype(np.uint8)
+
+
 def parse_float_dtype(op: str, dtype) -> np.dtype:
     """float32 or float16: the element type of a normalised network input."""
     try:
@@ -187,7 +207,7 @@ def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
 # The ops.
 
 
-def preprocess(frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float32, out=None):
+def preprocess(frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float32, out=None, region=None):
     """Resize a BGR frame to the network input and lay it out as the network takes it.
 
     The resize is bilinear on half-pixel centres (`half_pixel_taps`), vertical pass first.
@@ -199,18 +219,22 @@ def preprocess(frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float
     layout "nhwc_uint8": exact integer arithmetic with weights qy, qx in 1/2048 units,
         sum = sum over the 4 taps of pixel * wy * wx   (wy in {2048 - qy, qy}, same for x)
         out = (sum + 2**21) >> 22                       (round half up)
-    as RGB bytes of shape (h, w, 3); the network normalises in-graph, so mean, std and dtype
-    are not used. `out` receives the result when given.
+    as RGB bytes of shape (h, w, 3); the network normalises in-graph, so std and dtype are not
+    used. `region` = (top, left, height, width) letterboxes: the frame is resized into that
+    rectangle only, and the rest is the mean colour (0.0 in float layouts, `pad_bytes(mean)`
+    in "nhwc_uint8"). `out` receives the result when given.
     """
     op = "preprocess"
     frame = check_frame(op, frame_bgr)
-    height, width = parse_size(op, "out_hw", out_hw)
+    out_hw = parse_size(op, "out_hw", out_hw)
     mean = np.array(parse_triplet(op, "mean", mean), dtype=np.float32)
     std = np.array(parse_triplet(op, "std", std, positive=True), dtype=np.float32)
     layout = parse_layout(op, layout)
     out_dtype = parse_float_dtype(op, dtype)
+    top, left, height, width = parse_region(op, region, out_hw)
     y0, y1, fy, qy = half_pixel_taps(frame.shape[0], height)
     x0, x1, fx, qx = half_pixel_taps(frame.shape[1], width)
+    inside = np.s_[top:top + height, left:left + width]
 
     if layout == "nhwc_uint8":
         src = frame.astype(np.int64)
@@ -218,8 +242,10 @@ def preprocess(frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float
         rows = (RESIZE_WEIGHT_ONE - wy1) * src[y0] + wy1 * src[y1]
         wx1 = qx[None, :, None].astype(np.int64)
         total = (RESIZE_WEIGHT_ONE - wx1) * rows[:, x0] + wx1 * rows[:, x1]
-        rgb = ((total + (1 << 21)) >> 22).astype(np.uint8)[:, :, ::-1]
-        return deliver(op, np.ascontiguousarray(rgb), out)
+        result = np.empty((*out_hw, 3), np.uint8)
+        result[...] = pad_bytes(mean.astype(np.float64))
+        result[inside] = ((total + (1 << 21)) >> 22).astype(np.uint8)[:, :, ::-1]
+        return deliver(op, result, out)
 
     src = frame.astype(np.float32)
     wy = fy[:, None, None]
@@ -228,7 +254,9 @@ def preprocess(frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float
     bgr = (1 - wx) * rows[:, x0] + wx * rows[:, x1]
     rgb = bgr[:, :, ::-1].transpose(2, 0, 1)
     normalised = (rgb / np.float32(255) - mean[:, None, None]) / std[:, None, None]
-    return deliver(op, np.ascontiguousarray(normalised, dtype=out_dtype), out)
+    result = np.zeros((3, *out_hw), out_dtype)
+    result[(slice(None), *inside)] = normalised
+    return deliver(op, result, out)
 
 
 def upsample_logits(lowres, out_hw) -> np.ndarray:
@@ -255,10 +283,8 @@ def upsample_argmax(lowres, out_hw):
     """Labels of `upsample_logits` (the class with the largest value, the lowest index on a
     tie, as np.argmax), which the fast versions compute without keeping the logits.
 
-    Implementations that evaluate the formula in another order of float operations may pick
-    another class where the two best values are within float rounding (about 1e-6 relative)
-    of each other; everywhere else the labels are identical. NaN logits are outside the
-    contract.
+    They give these labels exactly, ties included, by evaluating the same float operations
+    in the same order wherever they interpolate. NaN logits are outside the contract.
     """
     return np.argmax(upsample_logits(lowres, out_hw), axis=0).astype(np.uint8)
 

@@ -2,6 +2,7 @@
 reference, and the OpenCV baseline chain against the reference within stated tolerances."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,24 @@ def test_preprocess_2x2_to_1x1_averages_the_four_pixels():
     out = reference.preprocess(frame, (1, 1), (0, 0, 0), (1 / 255, 1, 1))
     np.testing.assert_allclose(out[0, 0, 0], 25.25, rtol=1e-6)  # red = (10 + 20 + 30 + 41) / 4
     assert reference.preprocess(frame, (1, 1), MEAN, STD, layout="nhwc_uint8")[0, 0, 0] == 25
+
+
+def test_preprocess_letterbox_region_by_hand():
+    # The 1x2 frame of test_preprocess_by_hand kept 1x2 in columns 1..2 of a 1x4 input: the
+    # padding is the mean colour, 0.0 once normalised, and its bytes floor(mean * 255 + 0.5).
+    frame = np.array([[[0, 51, 102], [255, 153, 204]]], dtype=np.uint8)  # BGR
+    out = reference.preprocess(frame, (1, 4), mean=(0.4, 0.4, 0.5), std=(0.2, 0.2, 0.5), region=(0, 1, 1, 2))
+    expected = np.array([[[0, 0, 2, 0]], [[0, -1, 1, 0]], [[0, -1, 1, 0]]], dtype=np.float32)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    as_bytes = reference.preprocess(frame, (2, 2), (0.4, 0.5, 1.0), STD, layout="nhwc_uint8", region=(1, 0, 1, 2))
+    # 0.4 * 255 = 102, 0.5 * 255 = 127.5 -> 128, 1.0 * 255 = 255.
+    assert as_bytes.tolist() == [[[102, 128, 255], [102, 128, 255]], [[102, 51, 0], [204, 153, 255]]]
+
+
+def test_pad_bytes_round_half_up_and_clip():
+    # 0.485 * 255 = 123.675, 0.456 * 255 = 116.28, 0.406 * 255 = 103.53.
+    assert reference.pad_bytes(MEAN).tolist() == [124, 116, 104]
+    assert reference.pad_bytes((-0.1, 1.2, 0.5)).tolist() == [0, 255, 128]
 
 
 def test_upsample_argmax_2x2_to_3x3_by_hand():
@@ -204,6 +223,21 @@ def test_c_float16_output_rounds_ties_to_even(c_ops):
     np.testing.assert_array_equal(got.view(np.uint16), expected.view(np.uint16))
 
 
+@pytest.mark.parametrize("region", [(0, 0, 20, 31), (3, 0, 14, 31), (0, 5, 20, 21), (2, 7, 1, 1), (19, 30, 1, 1)])
+def test_c_preprocess_letterbox_matches_reference(c_ops, region):
+    frame = random_frame(np.random.default_rng(sum(region)), 37, 53)
+    for kwargs in ({}, {"dtype": np.float16}):
+        got = c_ops.preprocess(frame, (20, 31), MEAN, STD, region=region, **kwargs)
+        expected = reference.preprocess(frame, (20, 31), MEAN, STD, region=region, **kwargs)
+        np.testing.assert_allclose(got.astype(np.float32), expected.astype(np.float32), rtol=1e-3, atol=1e-5)
+        top, left, height, width = region
+        padding = np.ones((20, 31), bool)
+        padding[top:top + height, left:left + width] = False
+        assert not got[:, padding].any()  # exactly 0.0 outside the frame
+    np.testing.assert_array_equal(c_ops.preprocess(frame, (20, 31), MEAN, STD, layout="nhwc_uint8", region=region),
+                                  reference.preprocess(frame, (20, 31), MEAN, STD, layout="nhwc_uint8", region=region))
+
+
 def test_c_preprocess_writes_into_out(c_ops):
     frame = random_frame(np.random.default_rng(7), 37, 53)
     for kwargs, out in [({}, np.empty((3, 20, 31), np.float32)),
@@ -214,33 +248,82 @@ def test_c_preprocess_writes_into_out(c_ops):
         np.testing.assert_array_equal(out, c_ops.preprocess(frame, (20, 31), MEAN, STD, **kwargs))
 
 
-@pytest.mark.parametrize("classes", [3, 19])
-@pytest.mark.parametrize("low_hw, out_hw", [((7, 9), (37, 53)), ((16, 32), (121, 250)), ((7, 9), (7, 9)),
-                                            ((9, 13), (5, 6)), ((1, 5), (3, 11))])
-def test_c_upsample_argmax_matches_reference(c_ops, classes, low_hw, out_hw):
-    rng = np.random.default_rng(classes * 100 + sum(out_hw))
-    logits = rng.standard_normal((classes, *low_hw)).astype(np.float32)
+def smooth_logits(rng, classes, height, width, scale=4):
+    """Class fields varying over about `scale` pixels: regions, so most cells are filled."""
+    coarse = rng.standard_normal((classes, height // scale + 2, width // scale + 2)) * 3
+    rows = np.linspace(0, coarse.shape[1] - 1, height)
+    cols = np.linspace(0, coarse.shape[2] - 1, width)
+    r0 = np.minimum(rows.astype(int), coarse.shape[1] - 2)
+    c0 = np.minimum(cols.astype(int), coarse.shape[2] - 2)
+    fy, fx = (rows - r0)[:, None], (cols - c0)[None, :]
+    top = coarse[:, r0][:, :, c0] * (1 - fx) + coarse[:, r0][:, :, c0 + 1] * fx
+    bottom = coarse[:, r0 + 1][:, :, c0] * (1 - fx) + coarse[:, r0 + 1][:, :, c0 + 1] * fx
+    return np.ascontiguousarray(top * (1 - fy) + bottom * fy, dtype=np.float32)
+
+
+def near_tie_logits(rng, height, width):
+    """Class 0 one float32 step below class 1 everywhere: class 1 wins every low-resolution
+    pixel, yet the interpolation's rounding ties or reverses the two between them."""
+    upper = rng.uniform(-4, 4, (1, height, width)).astype(np.float32)
+    return np.concatenate([np.nextafter(upper, np.float32(-np.inf)), upper])
+
+
+def assert_upsample_matches_reference(c_ops, logits, out_hw):
     for dtype in (np.float32, np.float16):
-        source = logits.astype(dtype)
+        source = np.ascontiguousarray(logits.astype(dtype))
         got = c_ops.upsample_argmax(source, out_hw)
-        values = reference.upsample_logits(source, out_hw)
-        expected = np.argmax(values, axis=0).astype(np.uint8)
         assert got.shape == out_hw and got.dtype == np.uint8
-        # The documented exception: a different class only where the reference's two best
-        # values are within float rounding of each other.
-        mismatch = got != expected
-        top2 = np.sort(values, axis=0)[-2:]
-        assert np.all((top2[1] - top2[0])[mismatch] < 1e-5), f"{mismatch.sum()} labels differ beyond a tie"
-        assert mismatch.mean() < 1e-3
+        np.testing.assert_array_equal(got, reference.upsample_argmax(source, out_hw))
 
 
-def test_c_upsample_argmax_smooth_logits_and_tie(c_ops):
+@pytest.mark.parametrize("classes", [1, 3, 19])
+@pytest.mark.parametrize("low_hw, out_hw", [((7, 9), (37, 53)), ((16, 32), (121, 250)), ((7, 9), (7, 9)),
+                                            ((9, 13), (5, 6)), ((1, 5), (3, 11)), ((6, 1), (20, 3))])
+def test_c_upsample_argmax_equals_reference_on_random_logits(c_ops, classes, low_hw, out_hw):
+    rng = np.random.default_rng(classes * 100 + sum(out_hw))
+    assert_upsample_matches_reference(c_ops, rng.standard_normal((classes, *low_hw)), out_hw)
+    assert_upsample_matches_reference(c_ops, smooth_logits(rng, classes, *low_hw), out_hw)
+    assert_upsample_matches_reference(c_ops, np.round(rng.standard_normal((classes, *low_hw))), out_hw)  # ties
+
+
+def test_c_upsample_argmax_fills_whole_regions_like_the_reference(c_ops):
     rng = np.random.default_rng(8)
-    smooth = np.cumsum(np.cumsum(rng.standard_normal((19, 16, 32)), axis=1), axis=2).astype(np.float32)
-    np.testing.assert_array_equal(c_ops.upsample_argmax(smooth, (121, 250)),
-                                  reference.upsample_argmax(smooth, (121, 250)))
+    logits = smooth_logits(rng, 19, 32, 64, scale=12)
+    labels = reference.upsample_argmax(logits, (270, 480))
+    assert len(np.unique(labels)) > 3  # several regions, most cells inside one
+    np.testing.assert_array_equal(c_ops.upsample_argmax(logits, (270, 480)), labels)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_c_upsample_argmax_keeps_the_reference_on_near_ties(c_ops, seed):
+    rng = np.random.default_rng(seed)
+    logits = near_tie_logits(rng, 4, 5)
+    expected = reference.upsample_argmax(logits, (23, 29))
+    # Adversarial: filling cells whose four corners agree would give class 1 everywhere.
+    assert (reference.argmax(logits) == 1).all() and (expected == 0).any()
+    np.testing.assert_array_equal(c_ops.upsample_argmax(logits, (23, 29)), expected)
+
+
+def test_c_upsample_argmax_exact_ties_at_the_corners(c_ops):
+    # Class 0 upsamples to [[0, 1, 2], [2, 3, 4], [4, 5, 6]]; class 1 is 3 everywhere, so the
+    # centre (exactly 3.0 for both) is a tie that the lower class wins.
     logits = np.array([[[0, 2], [4, 6]], [[3, 3], [3, 3]]], dtype=np.float32)
     assert c_ops.upsample_argmax(logits, (3, 3)).tolist() == [[1, 1, 1], [1, 0, 0], [0, 0, 0]]
+    # Equal classes at every corner: the lowest wins everywhere.
+    equal = np.repeat(np.random.default_rng(9).standard_normal((1, 5, 6)).astype(np.float32), 3, axis=0)
+    assert not c_ops.upsample_argmax(equal, (17, 19)).any()
+    half_equal = equal.copy()
+    half_equal[1, :, :3] += 1  # class 1 wins the left half, ties class 0 on the right
+    assert_upsample_matches_reference(c_ops, half_equal, (17, 19))
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-40, 1e36, 3e38], ids=["tiny", "subnormal", "huge", "near-max"])
+def test_c_upsample_argmax_at_extreme_magnitudes(c_ops, scale):
+    rng = np.random.default_rng(10)
+    logits = (smooth_logits(rng, 4, 6, 7, scale=3) * np.float32(scale / 12)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = reference.upsample_argmax(logits, (31, 37))
+    np.testing.assert_array_equal(c_ops.upsample_argmax(logits, (31, 37)), expected)
 
 
 @pytest.mark.parametrize("classes, hw", [(3, (37, 53)), (19, (29, 151)), (1, (5, 7))])
@@ -296,6 +379,7 @@ def test_c_results_do_not_depend_on_thread_count(c_ops):
     frame = random_frame(rng, 37, 53)
     logits = rng.standard_normal((5, 9, 11)).astype(np.float32)
     full = rng.standard_normal((5, 61, 77)).astype(np.float32)
+    regions = smooth_logits(rng, 7, 12, 15)
     before = c_ops.get_num_threads()
     results = []
     try:
@@ -303,7 +387,9 @@ def test_c_results_do_not_depend_on_thread_count(c_ops):
             c_ops.set_num_threads(count)
             assert c_ops.get_num_threads() == count
             results.append((c_ops.preprocess(frame, (41, 29), MEAN, STD), c_ops.upsample_argmax(logits, (40, 50)),
-                            c_ops.argmax(full), c_ops.blend(frame, logits[0].astype(np.uint8), np.eye(3, dtype=np.uint8), 0.5)))
+                            c_ops.argmax(full), c_ops.blend(frame, logits[0].astype(np.uint8), np.eye(3, dtype=np.uint8), 0.5),
+                            c_ops.preprocess(frame, (41, 29), MEAN, STD, region=(4, 1, 30, 27)),
+                            c_ops.upsample_argmax(regions, (97, 113))))
     finally:
         c_ops.set_num_threads(before)
     for single, multi in zip(*results):
@@ -361,6 +447,14 @@ def test_bad_input_raises_ops_input_error(any_impl, call, message):
         call(any_impl)
 
 
+@pytest.mark.parametrize("region", [(0, 0, 5, 4), (-1, 0, 2, 2), (0, 3, 2, 2), (0, 0, 0, 2), (0, 0, 2), (0.0, 0, 2, 2)])
+@pytest.mark.parametrize("impl", ["reference", "c"])
+def test_bad_letterbox_region_raises_ops_input_error(request, impl, region):
+    module = request.getfixturevalue("c_ops") if impl == "c" else reference
+    with pytest.raises(OpsInputError, match="region"):
+        module.preprocess(FRAME, (4, 4), MEAN, STD, region=region)
+
+
 def test_c_rejects_out_sharing_memory_with_frame(c_ops):
     backing = np.zeros(2 * 6 * 8 * 3, np.uint8)
     frame = backing[:144].reshape(6, 8, 3)
@@ -405,6 +499,13 @@ def test_opencv_chain_upsample_argmax_differs_only_near_ties():
     assert (got == reference.upsample_argmax(logits, (61, 97))).mean() > 0.99
 
 
+def test_upsample_argmax_shortcut_is_nearest_low_resolution_labels():
+    # Low-resolution labels [[1, 0], [0, 2]] widened to 2x4: each column pair repeats a label.
+    logits = np.zeros((3, 2, 2), np.float32)
+    logits[1, 0, 0] = logits[2, 1, 1] = 1
+    assert opencv_chain.upsample_argmax_shortcut(logits, (2, 4)).tolist() == [[1, 1, 0, 0], [0, 0, 2, 2]]
+
+
 def test_opencv_chain_argmax_and_blend_match_reference():
     rng = np.random.default_rng(14)
     logits = rng.standard_normal((19, 11, 17)).astype(np.float32)
@@ -438,6 +539,19 @@ def test_falls_back_to_numpy_with_a_warning_without_the_extension():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["numpy", "1", "1"]
     assert "C extension is not available" in result.stderr
+
+
+@pytest.mark.parametrize("given, shown", [(None, "PASSIVE"), ("active", "ACTIVE")])
+def test_openmp_workers_sleep_unless_the_environment_chose(given, shown):
+    """OMP_DISPLAY_ENV makes the OpenMP runtime print the policy it read when the extension loaded it."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env.update({"OMP_DISPLAY_ENV": "true", **({"OMP_WAIT_POLICY": given} if given else {})})
+    result = subprocess.run([sys.executable, "-c", "import os, runtime.ops as ops\n"
+                             "print(ops.BACKEND, os.environ.get('OMP_WAIT_POLICY'))"],
+                            capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["c", str(given)]  # the process's own environment is left as it was
+    assert f"OMP_WAIT_POLICY = '{shown}'" in result.stderr
 
 
 def test_runtime_ops_import_without_torch():
