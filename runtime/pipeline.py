@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
+import os
 import queue
 import threading
 import time
@@ -24,6 +26,13 @@ from runtime.engines.base import Engine
 from runtime.ops.reference import nearest_indices
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
+LETTERBOX_MODES = ("auto", "on", "off")
+# "auto" letterboxes a frame whose aspect ratio is more than this fraction off the network
+# input's (a 16:9 camera on a 2:1 network is 12.5 % off, a 4:3 one 50 %).
+LETTERBOX_TOLERANCE = 0.05
+# Letterbox sides and offsets are multiples of the stride of low-resolution logits, so the
+# frame's part of them is whole logit pixels.
+LOGIT_STRIDE = 4
 GLASS_TO_GLASS = "glass_to_glass"
 SUMMARY_PERCENTILES = (50, 90, 99)
 _LOGIT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
@@ -98,14 +107,112 @@ class RunStats:
         }
 
 
-class Processor:
-    """The per-frame work of each stage, callable one at a time so a benchmark can time each."""
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS tells it)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
-    def __init__(self, engine: Engine, *, alpha: float = 0.5):
+
+@dataclasses.dataclass(frozen=True)
+class ThreadBudget:
+    """How the pipeline shares the cores: the engine's intra-op threads (None when inference
+    runs on another device) and the C ops' threads, which run at the same time."""
+
+    cores: int
+    inference: int | None
+    ops: int
+
+    @property
+    def oversubscribed(self) -> bool:
+        return (self.inference or 0) + self.ops > self.cores
+
+    def describe(self) -> str:
+        inference = "inference on its device" if self.inference is None else f"inference {self.inference}"
+        note = " (more threads than cores)" if self.oversubscribed else ""
+        return f"threads: {inference} + ops {self.ops} on {self.cores} cores{note}"
+
+    def summary(self) -> dict:
+        return {"cores": self.cores, "inference": self.inference, "ops": self.ops}
+
+
+def thread_budget(inference: int | None = None, ops_threads: int | None = None, *, cores: int | None = None,
+                  cpu_inference: bool = True) -> ThreadBudget:
+    """Split the cores between inference and the ops so that together they do not exceed them.
+
+    The ops default to one thread: they are short, and a second OpenMP thread waits for any
+    of its team that a busy core has descheduled, which made them several times slower beside
+    inference than alone. Inference takes the remaining cores. A count given is kept and the
+    other takes what is left, at least one; both given are kept even beyond the cores.
+    """
+    cores = cores or usable_cores()
+    if not cpu_inference:
+        return ThreadBudget(cores, None, ops_threads or 1)
+    if ops_threads is None:
+        ops_threads = 1 if inference is None else max(1, cores - inference)
+    if inference is None:
+        inference = max(1, cores - ops_threads)
+    return ThreadBudget(cores, inference, ops_threads)
+
+
+def letterbox_region(frame_hw: tuple[int, int], input_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the network input that a frame fills with its aspect ratio
+    kept: as large as fits, centred, and along every input side that is a multiple of
+    LOGIT_STRIDE, size and offset rounded down to multiples of it (so the frame's logits are
+    whole pixels)."""
+    (frame_h, frame_w), (input_h, input_w) = frame_hw, input_hw
+    if input_h * frame_w <= input_w * frame_h:  # the height limits
+        height, width = input_h, frame_w * input_h // frame_h
+    else:
+        height, width = frame_h * input_w // frame_w, input_w
+
+    def down(value: int, input_side: int) -> int:
+        return value if input_side % LOGIT_STRIDE else value // LOGIT_STRIDE * LOGIT_STRIDE
+
+    height, width = max(down(height, input_h), 1), max(down(width, input_w), 1)
+    if not input_h % LOGIT_STRIDE:
+        height = max(height, LOGIT_STRIDE)
+    if not input_w % LOGIT_STRIDE:
+        width = max(width, LOGIT_STRIDE)
+    return down((input_h - height) // 2, input_h), down((input_w - width) // 2, input_w), height, width
+
+
+def needs_letterbox(mode: str, frame_hw: tuple[int, int], input_hw: tuple[int, int]) -> bool:
+    """Whether `mode` letterboxes a frame of this size: "on", "off", or "auto" when its aspect
+    ratio is more than LETTERBOX_TOLERANCE off the input's."""
+    if mode != "auto":
+        return mode == "on"
+    ratio = (frame_hw[1] / frame_hw[0]) / (input_hw[1] / input_hw[0])
+    return abs(math.log(ratio)) > math.log1p(LETTERBOX_TOLERANCE)
+
+
+class Processor:
+    """The per-frame work of each stage, callable one at a time so a benchmark can time each.
+
+    `letterbox` ("auto", "on", "off") decides per frame size whether the frame is stretched over
+    the network input or fitted into it with its aspect ratio kept, the rest padded with the
+    mean colour; the padding's labels are cut off again before the labels reach frame size.
+    """
+
+    def __init__(self, engine: Engine, *, alpha: float = 0.5, letterbox: str = "auto"):
+        if letterbox not in LETTERBOX_MODES:
+            raise ValueError(f"letterbox must be one of {LETTERBOX_MODES}, got {letterbox!r}")
         self.engine = engine
         self.contract = engine.contract
         self.alpha = float(alpha)
+        self.letterbox = letterbox
         self.palette = np.asarray(self.contract.palette, dtype=np.uint8).reshape(-1, 3)
+        self._regions: dict[tuple[int, int], tuple[int, int, int, int] | None] = {}
+
+    def region(self, frame_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
+        """(top, left, height, width) of the network input a frame of this size fills, or None
+        where it is stretched over all of it."""
+        key = (int(frame_hw[0]), int(frame_hw[1]))
+        if key not in self._regions:
+            input_hw = tuple(self.contract.input_size)
+            region = letterbox_region(key, input_hw) if needs_letterbox(self.letterbox, key, input_hw) else None
+            self._regions[key] = None if region == (0, 0, *input_hw) else region
+        return self._regions[key]
 
     def upload(self, frame_bgr: np.ndarray) -> np.ndarray:
         """The frame where the later stages read it: here the host frame itself; the GPU frame
@@ -116,24 +223,39 @@ class Processor:
         """The network input batch of one frame, in the contract's layout (written into `out`
         when given: a tensor from an earlier frame)."""
         tensor = ops.preprocess(frame_bgr, self.contract.input_size, self.contract.mean, self.contract.std,
-                                layout=self.contract.input_layout, out=out)
+                                layout=self.contract.input_layout, out=out, region=self.region(frame_bgr.shape[:2]))
         return tensor[np.newaxis]
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.engine.infer(batch)
 
     def postprocess(self, output: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
-        """uint8 label map: frame size from low-resolution logits, input size from full logits."""
+        """uint8 label map: frame size from low-resolution logits, input size (less any
+        letterbox padding) from full logits or labels."""
         kind = self.contract.output_kind
+        output = self._crop(output[0], self.region(frame_hw))
         if kind == "labels":
-            return np.ascontiguousarray(output[0], dtype=np.uint8)
-        logits = output[0]
+            return np.ascontiguousarray(output, dtype=np.uint8)
+        logits = output
         if logits.dtype not in _LOGIT_DTYPES:
             logits = logits.astype(np.float32)
         logits = np.ascontiguousarray(logits)
         if kind == "lowres_logits":
             return ops.upsample_argmax(logits, tuple(frame_hw))
         return ops.argmax(logits)
+
+    def _crop(self, output: np.ndarray, region: tuple[int, int, int, int] | None) -> np.ndarray:
+        """The part of one output (labels (H, W) or logits (K, H, W) at any stride) that covers
+        the frame's region of the input."""
+        if region is None:
+            return output
+        top, left, height, width = region
+        input_h, input_w = self.contract.input_size
+        out_h, out_w = output.shape[-2:]
+        # Whole output pixels where the region is aligned to them, else every one it touches.
+        rows = slice(top * out_h // input_h, -(-(top + height) * out_h // input_h))
+        cols = slice(left * out_w // input_w, -(-(left + width) * out_w // input_w))
+        return output[..., rows, cols]
 
     def render(self, frame_bgr: np.ndarray, labels: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         return ops.blend(frame_bgr, labels, self.palette, self.alpha, out=out)
@@ -149,7 +271,8 @@ class Processor:
 
 class _Recycler:
     """Arrays handed back once their frame is done with them, so a stream reuses a few buffers
-    instead of faulting in fresh pages for every frame (about 1.6 ms per 6 MB array here)."""
+    instead of faulting in fresh pages for every frame, a cost that grows with the frame size
+    (`python -m bench` measures the frame path; docs/benchmarks.md)."""
 
     def __init__(self, keep: int):
         self._spare: collections.deque[np.ndarray] = collections.deque(maxlen=keep)  # thread-safe ends

@@ -29,7 +29,8 @@ from runtime.contract import ContractError  # noqa: E402
 from runtime.engines import BACKEND_BY_SUFFIX, BACKENDS, EngineError, open_engine  # noqa: E402
 from runtime.ops import OpsInputError  # noqa: E402
 from runtime.gpu_path import DEVICES, open_processor  # noqa: E402
-from runtime.pipeline import GLASS_TO_GLASS, STAGES, abort_sinks, run_pipeline  # noqa: E402
+from runtime.pipeline import (GLASS_TO_GLASS, LETTERBOX_MODES, LETTERBOX_TOLERANCE, STAGES, ThreadBudget,  # noqa: E402
+                              abort_sinks, run_pipeline, thread_budget)
 from runtime.scoring import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
 from runtime.video import (LabelSink, NullSink, Sink, SinkError, SourceError, VideoSink, existing_kind,  # noqa: E402
                            labels_path, make_output_folder, open_source, temp_file_in, write_failure)
@@ -115,6 +116,10 @@ def format_summary(summary: dict) -> str:
         more = len(corrupt_files) - SHOWN_CORRUPT_FILES
         lines.append("corrupt files skipped: " + ", ".join(corrupt_files[:SHOWN_CORRUPT_FILES])
                      + (f" and {more} more" if more > 0 else ""))
+    if "threads" in summary:
+        letterbox = summary["letterbox"]
+        region = "off" if letterbox["region"] is None else "x".join(map(str, letterbox["region"][2:]))
+        lines.append(f"{ThreadBudget(**summary['threads']).describe()}; letterbox {letterbox['mode']}: {region}")
     lines.append(f"{'latency (ms)':<16}{'p50':>9}{'p90':>9}{'p99':>9}")
     for stage in (*STAGES, GLASS_TO_GLASS):
         row = summary["latency_ms"][stage]
@@ -146,23 +151,37 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(always on for cameras and streams)")
     parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the run summary here")
-    parser.add_argument("--threads", type=int, metavar="N", help="CPU threads for the ops and the engine")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="the engine's intra-op CPU threads (default: the cores --op-threads leaves)")
+    parser.add_argument("--op-threads", type=int, metavar="N",
+                        help="threads of the C pre/post ops, which run beside inference (default: 1, or the "
+                        "cores --threads leaves)")
+    parser.add_argument("--letterbox", default="auto", choices=LETTERBOX_MODES,
+                        help="fit frames into the network input with their aspect ratio kept, padded with the mean "
+                        f"colour (cut off again in the labels); auto: when it is more than {LETTERBOX_TOLERANCE:.0%} "
+                        "off the input's, else stretch (default: auto)")
     parser.add_argument("--gt-labels", type=Path, metavar="DIR",
                         help="score the labels (mIoU) against <frame:06d>.png trainIds in DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
-    for name in ("max_frames", "threads"):
+    for name in ("max_frames", "threads", "op_threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     return args
 
 
-def open_model(args):
+def choose_threads(args) -> ThreadBudget:
+    """The split of the cores between the engine and the ops (the engine's part only where it
+    runs on the CPU)."""
     backend = BACKEND_BY_SUFFIX.get(Path(args.model).suffix) if args.backend == "auto" else args.backend
-    extra = {"threads": args.threads} if args.threads and backend in THREADED_BACKENDS else {}
+    return thread_budget(args.threads, args.op_threads, cpu_inference=backend in THREADED_BACKENDS)
+
+
+def open_model(args, budget: ThreadBudget):
+    extra = {"threads": budget.inference} if budget.inference is not None else {}
     return open_engine(args.model, backend=args.backend, **extra)
 
 
@@ -174,8 +193,8 @@ def segment(args: argparse.Namespace) -> int:
     """
     if args.json is not None:
         check_writable(args.json)
-    if args.threads:
-        ops.set_num_threads(args.threads)
+    budget = choose_threads(args)
+    ops.set_num_threads(budget.ops)
     with open_source(args.source) as source:
         sinks: list[Sink] = []
         try:
@@ -183,16 +202,19 @@ def segment(args: argparse.Namespace) -> int:
                 sinks.append(VideoSink(args.out, source.fps, source.size))
             if args.save_labels is not None:
                 sinks.append(LabelSink(args.save_labels))
-            with open_model(args) as engine:
+            with open_model(args, budget) as engine:
                 scorer = None
                 if args.gt_labels is not None:
                     scorer = GroundTruthScorer(args.gt_labels, engine.contract.num_classes)
                     sinks.append(scorer)
                 processor = open_processor(engine, args.device, alpha=args.alpha)
+                processor.letterbox = args.letterbox
                 stats = _run_with_progress(args, source, processor, sinks or [NullSink()])
                 summary = stats.summary()
                 summary.update(source=str(args.source), model=str(args.model), engine=engine.describe(),
-                               realtime=args.realtime or source.is_live, corrupt_files=source.corrupt_files)
+                               realtime=args.realtime or source.is_live, corrupt_files=source.corrupt_files,
+                               threads=budget.summary(),
+                               letterbox={"mode": args.letterbox, "region": processor.region(source.size[::-1])})
                 if scorer is not None:
                     summary.update(scorer.report(engine.contract.classes))
         except BaseException:
@@ -209,14 +231,18 @@ def segment(args: argparse.Namespace) -> int:
 
 
 def _run_with_progress(args, source, processor, sinks):
-    from tqdm import tqdm
-
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the runtime-only install (pip install '.[runtime]') shows no progress bar
+        tqdm = None
     total = source.frame_count
     if args.max_frames is not None:
         total = args.max_frames if total is None else min(total, args.max_frames)
     # A camera cannot wait for us: live sources always run in real-time mode.
     realtime = args.realtime or source.is_live
     pace = source.fps if realtime and not source.is_live else None
+    if tqdm is None:
+        return run_pipeline(source, processor, sinks, realtime=realtime, pace_fps=pace, max_frames=args.max_frames)
     with tqdm(total=total, unit="frame", desc="segment", file=sys.stderr, disable=args.no_progress,
               dynamic_ncols=True) as bar:
         return run_pipeline(source, processor, sinks, realtime=realtime, pace_fps=pace,

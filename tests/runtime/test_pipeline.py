@@ -12,9 +12,12 @@ import time
 import numpy as np
 import pytest
 
+from runtime import ops
 from runtime.contract import ModelContract
 from runtime.engines.base import Engine
-from runtime.pipeline import STAGES, Frame, Processor, RunStats, percentiles, run_pipeline
+from runtime.pipeline import (STAGES, Frame, Processor, RunStats, ThreadBudget, letterbox_region, needs_letterbox,
+                              percentiles, run_pipeline, thread_budget)
+from runtime.segment import format_summary, parse_args
 from runtime.video import Sink
 
 SIZE_HW = (6, 8)
@@ -120,7 +123,7 @@ def test_lowres_logits_become_frame_size_labels():
     lowres = np.zeros((1, 2, 2, 2), np.float32)
     lowres[0, 0, :, 0] = 1.0  # class 0 scores 1 in the left column, class 1 in the right
     lowres[0, 1, :, 1] = 1.0
-    processor = Processor(FixedEngine(contract("lowres_logits", "nchw_float", classes=2), lowres))
+    processor = Processor(FixedEngine(contract("lowres_logits", "nchw_float", classes=2), lowres), letterbox="off")
     labels = processor.postprocess(processor.infer(None), (3, 5))
     # align_corners: columns 0..4 sample x = 0, .25, .5, .75, 1, where class 0 scores 1 - x and
     # class 1 scores x; at x = .5 both score .5 and the lower index wins.
@@ -129,14 +132,14 @@ def test_lowres_logits_become_frame_size_labels():
 
 def test_full_logits_become_input_size_labels():
     logits = np.array([[[[0.0, 2.0], [1.0, -1.0]], [[1.0, 1.0], [1.0, 0.0]]]], np.float32)
-    processor = Processor(FixedEngine(contract("logits", "nchw_float", classes=2), logits))
+    processor = Processor(FixedEngine(contract("logits", "nchw_float", classes=2), logits), letterbox="off")
     labels = processor.postprocess(logits, (40, 40))
     np.testing.assert_array_equal(labels, np.array([[1, 0], [0, 1]], np.uint8))  # the (1, 0) tie goes to class 0
 
 
 def test_label_outputs_pass_through_as_uint8():
     output = np.array([[[2, 0], [1, 2]]], np.int64)
-    processor = Processor(FixedEngine(contract("labels"), output))
+    processor = Processor(FixedEngine(contract("labels"), output), letterbox="off")
     labels = processor.postprocess(output, (2, 2))
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, [[2, 0], [1, 2]])
@@ -163,6 +166,102 @@ def test_render_overlays_the_palette():
     overlay = processor.render(np.zeros((2, 2, 3), np.uint8), np.array([[0, 1], [2, 255]], np.uint8))
     # RGB palette drawn as BGR; label 255 keeps the frame pixel.
     np.testing.assert_array_equal(overlay, [[[0, 0, 255], [0, 255, 0]], [[255, 0, 0], [0, 0, 0]]])
+
+
+# ------------------------------------------------------------------------------ letterbox
+
+
+@pytest.mark.parametrize("frame_hw, input_hw, region", [
+    # 1920 * 512 / 1080 = 910.2 -> 908 wide; (1024 - 908) / 2 = 58 -> 56.
+    ((1080, 1920), (512, 1024), (0, 56, 512, 908)),
+    # portrait phone: 1080 * 512 / 1920 = 288 wide, (1024 - 288) / 2 = 368 from the left.
+    ((1920, 1080), (512, 1024), (0, 368, 512, 288)),
+    # 4:3: 640 * 256 / 480 = 341.3 -> 340; (512 - 340) / 2 = 86 -> 84.
+    ((480, 640), (256, 512), (0, 84, 256, 340)),
+    # 4:1 panorama: the width limits, 256 * 512 / 1024 = 128 high, (256 - 128) / 2 = 64 down.
+    ((256, 1024), (256, 512), (64, 0, 128, 512)),
+    ((256, 512), (256, 512), (0, 0, 256, 512)),
+    # a 6-row input is no multiple of the stride: rows stay exact, columns round to 4.
+    ((40, 40), (6, 8), (0, 0, 6, 4)),
+])
+def test_letterbox_region_by_hand(frame_hw, input_hw, region):
+    assert letterbox_region(frame_hw, input_hw) == region
+
+
+def test_letterbox_auto_only_beyond_the_tolerance():
+    assert needs_letterbox("auto", (1080, 1920), (512, 1024))  # 16:9 on 2:1 is 12.5 % off
+    assert not needs_letterbox("auto", (512, 1000), (512, 1024))  # 2.3 % off
+    assert needs_letterbox("on", (512, 1024), (512, 1024))
+    assert not needs_letterbox("off", (1920, 1080), (512, 1024))
+
+
+def test_letterboxed_frame_is_padded_and_its_labels_cropped():
+    # An 8x8 frame on an 8x16 input sits in columns 4..11 (region (0, 4, 8, 8)).
+    lowres = np.zeros((1, 3, 2, 4), np.float32)
+    lowres[0, 2, :, [0, 3]] = 9.0  # the padding's logits would say class 2
+    lowres[0, 0, :, 1] = lowres[0, 1, :, 2] = 1.0  # the frame: class 0 left, class 1 right
+    engine = FixedEngine(contract("lowres_logits", "nchw_float", input_size=(8, 16)), lowres)
+    processor = Processor(engine)
+    frame = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    assert processor.region((8, 8)) == (0, 4, 8, 8) and processor.region((8, 16)) is None
+    batch = processor.preprocess(frame)
+    assert not batch[0, :, :, :4].any() and not batch[0, :, :, 12:].any()
+    np.testing.assert_array_equal(batch[0, :, :, 4:12], ops.preprocess(frame, (8, 8), (0, 0, 0), (1, 1, 1)))
+    labels = processor.postprocess(lowres, (8, 8))
+    # The cropped logits are columns 1..2: class 0 then class 1, upsampled to the frame.
+    np.testing.assert_array_equal(labels, np.array([[0, 0, 0, 0, 1, 1, 1, 1]] * 8, np.uint8))
+    stretched = Processor(engine, letterbox="off").postprocess(lowres, (8, 8))
+    assert (stretched == 2).any()
+
+
+def test_letterboxed_label_outputs_are_cropped_to_the_frame():
+    output = np.arange(6 * 8, dtype=np.uint8).reshape(1, 6, 8)
+    processor = Processor(FixedEngine(contract("labels"), output), letterbox="on")
+    # A 6x4 frame on the 6x8 input: 4 columns, offset (8 - 4) / 2 = 2 rounded down to the stride, 0.
+    assert processor.region((6, 4)) == (0, 0, 6, 4)
+    np.testing.assert_array_equal(processor.postprocess(output, (6, 4)), output[0, :, :4])
+
+
+def test_unknown_letterbox_mode_is_refused():
+    with pytest.raises(ValueError, match="letterbox"):
+        Processor(TracingEngine(), letterbox="fit")
+
+
+# ------------------------------------------------------------------------------ threads
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"cores": 2}, (1, 1)),                      # ops on one thread, inference on the other core
+    ({"cores": 8}, (7, 1)),
+    ({"cores": 8, "ops_threads": 3}, (5, 3)),    # the ops' choice, inference the rest
+    ({"cores": 8, "inference": 6}, (6, 2)),      # inference's choice, the ops the rest
+    ({"cores": 2, "inference": 2}, (2, 1)),      # at least one op thread: oversubscribed
+    ({"cores": 1}, (1, 1)),
+    ({"cores": 4, "inference": 3, "ops_threads": 3}, (3, 3)),  # both given: kept
+])
+def test_thread_budget_by_hand(kwargs, expected):
+    budget = thread_budget(**kwargs)
+    assert (budget.inference, budget.ops) == expected and budget.cores == kwargs["cores"]
+    assert budget.oversubscribed == (sum(expected) > kwargs["cores"])
+
+
+def test_thread_budget_without_cpu_inference_and_its_text():
+    assert thread_budget(cores=4, cpu_inference=False) == ThreadBudget(cores=4, inference=None, ops=1)
+    assert thread_budget(cores=2).describe() == "threads: inference 1 + ops 1 on 2 cores"
+    assert thread_budget(cores=2, inference=2).describe() == "threads: inference 2 + ops 1 on 2 cores (more threads than cores)"
+    assert ThreadBudget(4, None, 2).describe() == "threads: inference on its device + ops 2 on 4 cores"
+    assert thread_budget(cores=3).summary() == {"cores": 3, "inference": 2, "ops": 1}
+
+
+def test_segment_prints_its_thread_split_and_letterbox_and_names_the_default():
+    summary = RunStats(frames_in=1, frames_out=1, wall_s=1.0).summary()
+    summary.update(threads={"cores": 2, "inference": 1, "ops": 1},
+                   letterbox={"mode": "auto", "region": [0, 56, 512, 908]})
+    assert "threads: inference 1 + ops 1 on 2 cores; letterbox auto: 512x908" in format_summary(summary)
+    summary["letterbox"]["region"] = None
+    assert "letterbox auto: off" in format_summary(summary)
+    args = parse_args(["--model", "m.onnx", "--source", "v.mp4"])
+    assert (args.letterbox, args.threads, args.op_threads) == ("auto", None, None)
 
 
 # ---------------------------------------------------------------------------------- runs
