@@ -20,11 +20,15 @@ from bench.measure import (DEFAULT_MODELS, DEFAULT_VIDEO, EXIT_BAD_INPUT, LEVELS
                            bench_e2e, bench_models, bench_ops, describe_machine, model_names)
 from bench.report import check_output, compare, csv_text, format_compare, load_results, render_markdown, write_plot
 from runtime import ops
-from runtime.contract import ContractError
+from runtime.contract import PRECISIONS, ContractError
 from runtime.engines import BACKEND_BY_SUFFIX, EngineError, input_spec, open_engine
 from runtime.files import write_text
 from runtime.ops import reference
+from runtime.pipeline import thread_budget
 from runtime.video import SinkError, SourceError
+
+# CPU engines the threads budget applies to.
+THREADED_BACKENDS = ("onnxruntime", "torch")
 
 
 def parse_resolution(text: str) -> tuple[str, tuple[int, int]]:
@@ -46,7 +50,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, metavar="N")
     parser.add_argument("--iters", type=int, default=30, metavar="N")
     parser.add_argument("--frames", type=int, default=120, metavar="N", help="frames per e2e mode")
-    parser.add_argument("--threads", type=int, metavar="N", help="threads for the C ops and ONNX Runtime")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="ONNX Runtime intra-op threads (default: the cores --op-threads leaves)")
+    parser.add_argument("--op-threads", type=int, metavar="N",
+                        help="threads of the C ops (default: 1, or the cores --threads leaves)")
+    parser.add_argument("--e2e-precisions", nargs="+", default=["fp32", "int8"], choices=PRECISIONS,
+                        help="artefacts of these precisions run the e2e level (default: fp32 int8)")
     parser.add_argument("--resolutions", nargs="+", default=["720p", "1080p"],
                         help="frame sizes of the ops level: 480p .. 2160p or WIDTHxHEIGHT")
     parser.add_argument("--input-size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"),
@@ -60,7 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="write the tables here (else print them)")
     parser.add_argument("--compare", type=Path, metavar="OLD.json", help="print new/old of every shared metric")
     args = parser.parse_args(argv)
-    for name, minimum in (("warmup", 0), ("iters", 1), ("frames", 1), ("threads", 1), ("classes", 1)):
+    for name, minimum in (("warmup", 0), ("iters", 1), ("frames", 1), ("threads", 1), ("op_threads", 1),
+                          ("classes", 1)):
         value = getattr(args, name)
         if value is not None and value < minimum:
             parser.error(f"--{name} must be >= {minimum}, got {value}")
@@ -72,11 +82,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def resolve_models(args) -> list[Path]:
+    """The artefacts to time; with the ops level alone, the first one (if any) as its load."""
     needed = {"model", "e2e"} & set(args.levels)
-    if not needed:
-        return []
     models = args.model or sorted(DEFAULT_MODELS.glob("*.onnx"))
-    if not models:
+    if not needed:
+        models = models[:1]
+    elif not models:
         raise BenchmarkError(f"no model to time: {DEFAULT_MODELS} holds no .onnx; run `dvc repro export` "
                              "or pass --model PATH")
     for path in models:
@@ -85,6 +96,12 @@ def resolve_models(args) -> list[Path]:
         if path.suffix not in BACKEND_BY_SUFFIX:
             raise BenchmarkError(f"model {path}: unknown artefact type; use one of {', '.join(BACKEND_BY_SUFFIX)}")
     return models
+
+
+def e2e_models(engines: dict, precisions: list[str]) -> list[str]:
+    """The engines whose artefact has one of `precisions`; the first engine if none has."""
+    chosen = [name for name, engine in engines.items() if engine.contract.precision in precisions]
+    return chosen or list(engines)[:1]
 
 
 def benchmark(args) -> dict:
@@ -99,8 +116,8 @@ def benchmark(args) -> dict:
             check_output(path, what)
     if args.csv_dir is not None:
         check_output(args.csv_dir / "model.csv", "--csv-dir")
-    if args.threads:
-        ops.set_num_threads(args.threads)
+    budget = thread_budget(args.threads, args.op_threads)
+    ops.set_num_threads(budget.ops)
 
     results: dict = {}
     series: dict[str, dict[str, list[float]]] = {}
@@ -108,26 +125,30 @@ def benchmark(args) -> dict:
         engines = {}
         for name, path in zip(model_names(models), models):
             backend = BACKEND_BY_SUFFIX[path.suffix]
-            extra = {"threads": args.threads} if args.threads and backend in ("onnxruntime", "torch") else {}
+            extra = {"threads": budget.inference} if backend in THREADED_BACKENDS else {}
             engines[name] = stack.enter_context(open_engine(path, **extra))
+        load = next(iter(engines), None)
         if "model" in args.levels:
             results["model"], series["model"] = bench_models(engines, args.warmup, args.iters)
         if "ops" in args.levels:
             results["ops"], series["ops"] = bench_ops(resolutions, tuple(args.input_size), args.classes,
-                                                      args.warmup, args.iters)
-        if "e2e" in args.levels:
-            first = next(iter(engines))
-            results["e2e"], series["e2e"] = bench_e2e(engines[first], args.video, args.frames, args.encode)
-            if "model" in results and results["model"][first]["fps"]:
-                results["e2e"]["ratio_to_model"] = results["e2e"]["offline"]["fps"] / results["model"][first]["fps"]
+                                                      args.warmup, args.iters, engines.get(load))
+        e2e_names = e2e_models(engines, args.e2e_precisions) if "e2e" in args.levels else []
+        if e2e_names:
+            results["e2e"], series["e2e"] = {}, {}
+        for name in e2e_names:
+            model_fps = results.get("model", {}).get(name, {}).get("fps")
+            results["e2e"][name], samples = bench_e2e(engines[name], args.video, args.frames, args.encode, model_fps)
+            series["e2e"].update({f"{name}/{key}": values for key, values in samples.items()})
         results["engines"] = {name: {**engine.describe(), "artefact": str(path),
                                      "input": "x".join(map(str, input_spec(engine.contract)[1]))}
                               for (name, engine), path in zip(engines.items(), models)}
-    results["threads"] = {"ops": ops.get_num_threads(), "ops_backend": ops.BACKEND}
+    results["threads"] = {"ops": ops.get_num_threads(), "ops_backend": ops.BACKEND, "inference": budget.inference,
+                          "cores": budget.cores}
     results["config"] = {"levels": list(args.levels), "warmup": args.warmup, "iters": args.iters,
                          "frames": args.frames, "input_size": list(args.input_size), "classes": args.classes,
                          "resolutions": [label for label, _ in resolutions], "video": str(args.video),
-                         "e2e_model": next(iter(results["engines"]), None)}
+                         "e2e_models": e2e_names, "ops_load_model": load if "ops" in args.levels else None}
     results["machine"] = describe_machine()
 
     markdown = render_markdown(results)

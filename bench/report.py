@@ -93,7 +93,8 @@ def render_markdown(results: dict) -> str:
         f"load average {' / '.join(map(str, load)) if load else 'unknown'} at the end",
         f"- GPU: {machine['gpu']}",
         f"- {versions}",
-        f"- ops backend {results['threads']['ops_backend']}, {results['threads']['ops']} op threads; "
+        f"- ops backend {results['threads']['ops_backend']}, {results['threads']['ops']} op threads beside "
+        f"{results['threads']['inference']} inference threads on {results['threads']['cores']} cores; "
         f"warm-up {results['config']['warmup']}, {results['config']['iters']} timed iterations", "",
     ]
     if "model" in results:
@@ -109,46 +110,60 @@ def render_markdown(results: dict) -> str:
                          f"| {_ms(record['fps'])} |")
         lines.append("")
     if "ops" in results:
-        in_h, in_w = results["config"]["input_size"]
-        lines += [f"## Ops (network input {in_h}x{in_w}, {results['config']['classes']} classes)", "",
-                  "Speed-ups are p50 ratios; bandwidth is bytes read + written / p50, next to a memcpy "
-                  "moving the same bytes. The C preprocess and blend write into a reused buffer, as the "
-                  "pipeline calls them; the OpenCV and NumPy chains allocate their results.", "",
-                  "| op | frame | impl | p50 ms | p90 ms | p99 ms | GB/s | % of memcpy | vs OpenCV | vs NumPy |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        for op, per_impl in results["ops"].items():
-            labels = list(per_impl["memcpy"])
-            for label in labels:
-                opencv_p50 = per_impl["opencv"][label]["p50_ms"]
-                numpy_p50 = per_impl["numpy"][label]["p50_ms"]
-                for impl, per_res in per_impl.items():
-                    if impl == "speedup":
-                        continue
-                    record = per_res[label]
-                    fraction = record.get("fraction_of_memcpy")
-                    vs = ("-", "-") if impl == "memcpy" else (_ratio(opencv_p50 / record["p50_ms"]),
-                                                             _ratio(numpy_p50 / record["p50_ms"]))
-                    lines.append(f"| {op} | {label} | {impl} | {_ms(record['p50_ms'])} | {_ms(record['p90_ms'])} "
-                                 f"| {_ms(record['p99_ms'])} | {_ms(record['gbps'])} "
-                                 f"| {'-' if fraction is None else f'{100 * fraction:.0f}%'} | {vs[0]} | {vs[1]} |")
-        lines.append("")
-    if "e2e" in results:
-        e2e = results["e2e"]
-        lines += [f"## End to end ({results['config']['e2e_model']}, {results['config']['video']})", ""]
-        for mode in (m for m in e2e if isinstance(e2e[m], dict)):
+        lines += _ops_markdown(results)
+    for name, e2e in results.get("e2e", {}).items():
+        lines += [f"## End to end ({name}, {results['config']['video']})", ""]
+        modes = [mode for mode in e2e if isinstance(e2e[mode], dict)]
+        for mode in modes:
             record = e2e[mode]
             codec = f" into {record['codec']}" if "codec" in record else ""
-            lines.append(f"- {mode}{codec}: {record['fps']:.2f} FPS, {record['frames']} frames, "
+            ratio = f", {record['ratio_to_model']:.2f}x the model-only FPS" if "ratio_to_model" in record else ""
+            lines.append(f"- {mode}{codec}: {record['fps']:.2f} FPS{ratio}, {record['frames']} frames, "
                          f"{record['dropped']} dropped")
-        if "ratio_to_model" in e2e:
-            lines.append(f"- offline FPS / model-only FPS: {e2e['ratio_to_model']:.2f}")
         lines += ["", "| mode | stage | p50 ms | p90 ms | p99 ms |", "|---|---|---|---|---|"]
-        for mode in (m for m in e2e if isinstance(e2e[m], dict)):
+        for mode in modes:
             for stage in (*STAGES, GLASS_TO_GLASS):
                 row = e2e[mode][stage]
                 lines.append(f"| {mode} | {stage} | {_ms(row['p50_ms'])} | {_ms(row['p90_ms'])} | {_ms(row['p99_ms'])} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _ops_markdown(results: dict) -> list[str]:
+    in_h, in_w = results["config"]["input_size"]
+    load = results["config"].get("ops_load_model")
+    threads = results["threads"]
+    loaded = (f"Loaded: the same calls while {load} infers back to back in another thread "
+              f"({threads['inference']} intra-op threads beside {threads['ops']} op threads), as in the "
+              "pipeline; loaded / idle is the ratio of the p50s." if load else
+              "No model was given, so nothing was timed under load (pass --model).")
+    lines = [f"## Ops (network input {in_h}x{in_w}, {results['config']['classes']} classes)", "",
+             "Speed-ups are p50 ratios; bandwidth is bytes read + written / p50, next to a memcpy "
+             "moving the same bytes. The C preprocess and blend write into a reused buffer, as the "
+             "pipeline calls them; the OpenCV and NumPy chains allocate their results. upsample_argmax "
+             "gets smooth random class fields (bench.measure.scene_logits); `shortcut` is the lossy "
+             "low-resolution argmax + nearest resize. " + loaded, "",
+             "| op | frame | impl | p50 ms | p90 ms | p99 ms | GB/s | % of memcpy | loaded p50 ms | loaded / idle "
+             "| vs OpenCV | vs NumPy |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for op, per_impl in results["ops"].items():
+        for label in per_impl["memcpy"]:
+            opencv_p50 = per_impl["opencv"][label]["p50_ms"]
+            numpy_p50 = per_impl["numpy"][label]["p50_ms"]
+            for impl, per_res in per_impl.items():
+                if impl == "speedup":
+                    continue
+                record = per_res[label]
+                fraction = record.get("fraction_of_memcpy")
+                under_load = record.get("loaded", {}).get("p50_ms")
+                vs = ("-", "-") if impl == "memcpy" else (_ratio(opencv_p50 / record["p50_ms"]),
+                                                         _ratio(numpy_p50 / record["p50_ms"]))
+                lines.append(f"| {op} | {label} | {impl} | {_ms(record['p50_ms'])} | {_ms(record['p90_ms'])} "
+                             f"| {_ms(record['p99_ms'])} | {_ms(record['gbps'])} "
+                             f"| {'-' if fraction is None else f'{100 * fraction:.0f}%'} | {_ms(under_load)} "
+                             f"| {_ratio(record.get('load_ratio'))} | {vs[0]} | {vs[1]} |")
+    lines.append("")
+    return lines
 
 
 def csv_text(series: dict[str, list[float]]) -> str:
