@@ -125,11 +125,13 @@ class ThreadBudget:
 
     @property
     def oversubscribed(self) -> bool:
-        return (self.inference or 0) + self.ops > self.cores
+        """More threads than cores, beyond the one op thread that runs between inferences."""
+        return (self.inference or 0) + self.ops > self.cores + 1 or max(self.inference or 0, self.ops) > self.cores
 
     def describe(self) -> str:
         inference = "inference on its device" if self.inference is None else f"inference {self.inference}"
-        note = " (more threads than cores)" if self.oversubscribed else ""
+        shared = (self.inference or 0) + self.ops > self.cores
+        note = " (more threads than cores)" if self.oversubscribed else " (ops between inferences)" if shared else ""
         return f"threads: {inference} + ops {self.ops} on {self.cores} cores{note}"
 
     def summary(self) -> dict:
@@ -138,18 +140,22 @@ class ThreadBudget:
 
 def thread_budget(inference: int | None = None, ops_threads: int | None = None, *, cores: int | None = None,
                   cpu_inference: bool = True) -> ThreadBudget:
-    """Split the cores between inference and the ops so that together they do not exceed them.
+    """Split the cores between inference and the ops.
 
-    The ops default to one thread: they are short, and a second OpenMP thread waits for any
-    of its team that a busy core has descheduled, which made them several times slower beside
-    inference than alone. Inference takes the remaining cores. A count given is kept and the
-    other takes what is left, at least one; both given are kept even beyond the cores.
+    By default inference takes every core and the ops one thread that runs between
+    inferences: the ops are short next to inference, and a second OpenMP thread would wait for
+    any of its team that inference has descheduled (several times slower beside inference than
+    alone). Halving inference's threads to keep the ops a core of their own costs more frames
+    than it saves (docs/benchmarks.md). A count given is kept and the other takes what is
+    left, at least one; both given are kept even beyond the cores.
     """
     cores = cores or usable_cores()
     if not cpu_inference:
         return ThreadBudget(cores, None, ops_threads or 1)
+    if inference is None and ops_threads is None:
+        return ThreadBudget(cores, cores, 1)
     if ops_threads is None:
-        ops_threads = 1 if inference is None else max(1, cores - inference)
+        ops_threads = max(1, cores - inference)
     if inference is None:
         inference = max(1, cores - ops_threads)
     return ThreadBudget(cores, inference, ops_threads)

@@ -231,26 +231,29 @@ def test_unknown_letterbox_mode_is_refused():
 
 
 @pytest.mark.parametrize("kwargs, expected", [
-    ({"cores": 2}, (1, 1)),                      # ops on one thread, inference on the other core
-    ({"cores": 8}, (7, 1)),
+    ({"cores": 2}, (2, 1)),                      # inference on every core, the ops between inferences
+    ({"cores": 8}, (8, 1)),
     ({"cores": 8, "ops_threads": 3}, (5, 3)),    # the ops' choice, inference the rest
     ({"cores": 8, "inference": 6}, (6, 2)),      # inference's choice, the ops the rest
-    ({"cores": 2, "inference": 2}, (2, 1)),      # at least one op thread: oversubscribed
+    ({"cores": 2, "inference": 2}, (2, 1)),      # at least one op thread
+    ({"cores": 2, "inference": 2, "ops_threads": 2}, (2, 2)),  # both given: kept, oversubscribed
     ({"cores": 1}, (1, 1)),
     ({"cores": 4, "inference": 3, "ops_threads": 3}, (3, 3)),  # both given: kept
 ])
 def test_thread_budget_by_hand(kwargs, expected):
     budget = thread_budget(**kwargs)
     assert (budget.inference, budget.ops) == expected and budget.cores == kwargs["cores"]
-    assert budget.oversubscribed == (sum(expected) > kwargs["cores"])
+    assert budget.oversubscribed == (sum(expected) > kwargs["cores"] + 1 or max(expected) > kwargs["cores"])
 
 
 def test_thread_budget_without_cpu_inference_and_its_text():
     assert thread_budget(cores=4, cpu_inference=False) == ThreadBudget(cores=4, inference=None, ops=1)
-    assert thread_budget(cores=2).describe() == "threads: inference 1 + ops 1 on 2 cores"
-    assert thread_budget(cores=2, inference=2).describe() == "threads: inference 2 + ops 1 on 2 cores (more threads than cores)"
+    assert thread_budget(cores=2).describe() == "threads: inference 2 + ops 1 on 2 cores (ops between inferences)"
+    assert thread_budget(cores=2, inference=1).describe() == "threads: inference 1 + ops 1 on 2 cores"
+    assert thread_budget(cores=2, inference=2, ops_threads=2).describe() == \
+        "threads: inference 2 + ops 2 on 2 cores (more threads than cores)"
     assert ThreadBudget(4, None, 2).describe() == "threads: inference on its device + ops 2 on 4 cores"
-    assert thread_budget(cores=3).summary() == {"cores": 3, "inference": 2, "ops": 1}
+    assert thread_budget(cores=3).summary() == {"cores": 3, "inference": 3, "ops": 1}
 
 
 def test_segment_prints_its_thread_split_and_letterbox_and_names_the_default():
