@@ -7,7 +7,22 @@ from pathlib import Path
 import pytest
 import yaml
 
+from training import params
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def params_copy(path: Path, base: Path = params.PROJECT_PARAMS, **sections) -> Path:
+    """The params file `base` (the project's) with `sections` laid over it (nested via dicts), written to `path`."""
+    raw = params.merged(yaml.safe_load(base.read_text()), sections)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def params_file(tmp_path):
+    """`params_file(train={"iters": 1})`: a params.yaml copy in tmp_path with those keys changed."""
+    return lambda **sections: params_copy(tmp_path / "params.yaml", **sections)
 
 
 def _project_files():
@@ -44,17 +59,7 @@ def project_copy(tmp_path):
         return result
 
     def set_params(section, **values):
-        path = dest / "params.yaml"
-        data = yaml.safe_load(path.read_text())
-
-        def merge(target, updates):
-            for key, value in updates.items():
-                if isinstance(value, dict):
-                    merge(target.setdefault(key, {}), value)
-                else:
-                    target[key] = value
-        merge(data.setdefault(section, {}), values)
-        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        params_copy(dest / "params.yaml", dest / "params.yaml", **{section: values})
 
     run.root = dest
     run.set_params = set_params

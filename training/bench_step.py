@@ -19,15 +19,16 @@ from training.models import build_model
 
 def time_method(method_name: str, backbone: str, crop: int, batch: int, precision: str, iters: int,
                 warmup: int, device: torch.device, num_classes: int = 19) -> float:
-    stpg = params.StpgParams(memory_start_epoch=0, contrast_start_epoch=0, proximity_start_epoch=0,
-                             memory_conf_thresh=0.0)
-    cfg = params.TrainParams(method=method_name, batch_size=batch, stpg=stpg)
-    context = MethodContext(num_classes, "cityscapes", batch, 186, 100)
+    # params.yaml's train section with every STPG branch on from the first iteration
+    stpg = dict(memory_start_epoch=0, contrast_start_epoch=0, proximity_start_epoch=0, memory_conf_thresh=0.0)
+    cfg = params.section("train", method=method_name, batch_size=batch, stpg=stpg)
+    data = params.section("data")
+    context = MethodContext(num_classes, "cityscapes", batch, 186, 100, data.mean, data.std)
     method = method_class(method_name)(cfg, context, lambda: build_model(backbone, num_classes)).to(device)
     dtype = resolve_precision(precision, device)
     if dtype is not None or device.type == "cuda":
         method.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(method.param_groups(1e-4), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(method.param_groups(cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     method.train()
 
     def tensor(*shape):

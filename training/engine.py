@@ -36,7 +36,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot resume this run; the message says why and what to do."""
 
 
-def run_identity(train_cfg, model_cfg, manifest: dict, labeled, unlabeled, data: dict | None = None) -> dict:
+def run_identity(train_cfg, model_cfg, manifest: dict, labeled, unlabeled, data: dict) -> dict:
     """Everything that defines a run, so a checkpoint is never resumed into a different one."""
     def digest(value) -> str:
         return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
@@ -45,7 +45,7 @@ def run_identity(train_cfg, model_cfg, manifest: dict, labeled, unlabeled, data:
              if k not in NOT_IDENTITY and not (isinstance(v, dict) and k != train_cfg.method)}
     return {**{f"train.{k}": v for k, v in train.items()},
             **{f"model.{k}": v for k, v in dataclasses.asdict(model_cfg).items()},
-            "data": digest(data or {}), "manifest": digest(manifest),
+            "data": digest(data), "manifest": digest(manifest),
             "split.labeled": digest([list(p) for p in labeled]), "split.unlabeled": digest([list(p) for p in unlabeled])}
 
 
@@ -99,13 +99,19 @@ def _set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    """Runs one method for `train_cfg.iters` iterations, resuming from `checkpoint_dir/last.pt`."""
+    """Runs one method for `train_cfg.iters` iterations, resuming from `checkpoint_dir/last.pt`.
+
+    `mean`, `std` (data.mean / data.std) normalise every image it trains and validates on.
+    """
 
     def __init__(self, train_cfg, model_cfg, manifest: dict, labeled, unlabeled, val_pairs=None,
                  live_dir: str | None = "dvclive/train", eval_crop=(256, 512), eval_mode: str = "sliding",
-                 progress: bool = True, image_classes: dict | None = None, data_params: dict | None = None):
+                 progress: bool = True, image_classes: dict | None = None, data_params: dict | None = None,
+                 *, mean, std):
         self.cfg, self.model_cfg = train_cfg, model_cfg
-        self.identity = run_identity(train_cfg, model_cfg, manifest, labeled, unlabeled, data_params)
+        self.mean, self.std = tuple(mean), tuple(std)
+        data = {**(data_params or {}), "mean": list(self.mean), "std": list(self.std)}
+        self.identity = run_identity(train_cfg, model_cfg, manifest, labeled, unlabeled, data)
         self.device = resolve_device(train_cfg.device)
         self.dist = setup_distributed(self.device)
         self.autocast_dtype = resolve_precision(train_cfg.precision, self.device)
@@ -130,7 +136,7 @@ class Trainer:
             raise datasets.DatasetError(f"{length} training images cannot fill a batch of {per_rank_batch}; "
                                         "lower train.batch_size")
         context = MethodContext(self.info.num_classes, manifest["dataset"], per_rank_batch, len(labeled),
-                                self.iters_per_epoch)
+                                self.iters_per_epoch, self.mean, self.std)
         self.method = cls(train_cfg, context, self._build_network)
         if self.dist.enabled and self.device.type == "cuda":  # SyncBatchNorm exists for CUDA only;
             self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)  # gloo keeps per-rank BN
@@ -214,7 +220,7 @@ class Trainer:
         iterators, _ = make_train_loaders(
             self.labeled, self.unlabeled, tuple(cfg.crop), cfg.batch_size, cfg.scales, cfg.workers,
             cfg.seed + 7919 * self.dist.rank, start, self.method.needs_unlabeled, self.device.type == "cuda",
-            self.image_classes)
+            self.image_classes, mean=self.mean, std=self.std)
         live = self._live(resume=start > 0)
         end = cfg.iters if stop_after is None else min(cfg.iters, start + stop_after)
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
@@ -263,7 +269,8 @@ class Trainer:
 
     def validate(self) -> float:
         result = evaluate_model(self.method.evaluated_network(), self.val_pairs, self.info.num_classes,
-                                self.eval_mode, self.eval_crop, self.device, self.autocast_dtype)
+                                self.eval_mode, self.eval_crop, self.device, self.autocast_dtype,
+                                mean=self.mean, std=self.std)
         return result["miou"]
 
     def _live(self, resume: bool):

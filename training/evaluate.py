@@ -1,5 +1,6 @@
-"""Evaluation (specs/stpg.md §6): sliding-window or whole-image inference, confusion matrix,
-per-class IoU and mIoU; the `evaluate` / `evaluate_baseline` DVC stages."""
+"""Evaluation (docs/methods/stpg.md §8): sliding-window or whole-image inference,
+confusion matrix, per-class IoU and mIoU; the `evaluate` / `evaluate_baseline` DVC stages. A model
+is evaluated on images normalised with the mean and std it records, as the runtime feeds it."""
 from __future__ import annotations
 
 import argparse
@@ -60,13 +61,14 @@ def iou_from_confusion(confusion: np.ndarray) -> tuple[np.ndarray, float, float]
 
 @torch.no_grad()
 def evaluate_model(model, pairs, num_classes: int, mode: str = "sliding", crop=(512, 1024),
-                   device: str | torch.device = "cpu", autocast_dtype=None, progress: bool = False) -> dict:
+                   device: str | torch.device = "cpu", autocast_dtype=None, progress: bool = False,
+                   *, mean, std) -> dict:
     device = torch.device(device)
     infer = sliding_window_logits if mode == "sliding" else whole_image_logits
     was_training = model.training
     model.eval()
     confusion = np.zeros((num_classes, num_classes), np.int64)
-    loader = torch.utils.data.DataLoader(EvalDataset(pairs), batch_size=1, num_workers=0)
+    loader = torch.utils.data.DataLoader(EvalDataset(pairs, mean, std), batch_size=1, num_workers=0)
     for item in tqdm(loader, desc="evaluate", disable=not progress, leave=False):
         image = item["image"].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
@@ -106,7 +108,8 @@ def main(argv=None) -> None:
     model, info = load_deployable(args.checkpoint)
     model.to(device)
     pairs = datasets.read_manifest(args.manifest)["val"]
-    result = evaluate_model(model, pairs, len(info["classes"]), cfg.mode, tuple(cfg.crop), device, progress=True)
+    result = evaluate_model(model, pairs, len(info["classes"]), cfg.mode, tuple(cfg.crop), device, progress=True,
+                            mean=info["mean"], std=info["std"])
     write_results(result, info["classes"], args.metrics, args.plot)
     print(f"{info['method']} ({args.checkpoint}): mIoU {100 * result['miou']:.2f} on {len(pairs)} val images")
 

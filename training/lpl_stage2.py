@@ -23,7 +23,7 @@ from runtime import files
 from training import cli, params
 from training.data import datasets, splits
 from training.data.loaders import presence_table
-from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from training.data.transforms import normalize
 from training.deployable import DeployableError, load_deployable, save_deployable
 from training.engine import CheckpointError, Trainer, resolve_device
 from training.methods.losses import class_aware_labels
@@ -49,13 +49,13 @@ def multi_scale_logits(model, image: torch.Tensor, scales, flip: bool) -> torch.
 
 
 def write_pseudo_masks(model, pairs, presence: np.ndarray, out_dir: Path, scales, flip: bool,
-                       device: torch.device) -> list[tuple[str, str]]:
+                       device: torch.device, mean, std) -> list[tuple[str, str]]:
     """One class-aware pseudo mask PNG per image, naming only the classes of its row of `presence`
-    (N,K); returns (image, mask) pairs."""
+    (N,K), the images normalised with the `mean`, `std` the model records; returns (image, mask) pairs."""
     model.to(device).eval()
     written = []
     for index, (image_path, _) in enumerate(tqdm(pairs, desc="pseudo masks", leave=False)):
-        image = normalize(datasets.read_image(image_path), IMAGENET_MEAN, IMAGENET_STD).transpose(2, 0, 1)
+        image = normalize(datasets.read_image(image_path), mean, std).transpose(2, 0, 1)
         logits = multi_scale_logits(model, torch.from_numpy(np.ascontiguousarray(image))[None].to(device),
                                     scales, flip)
         present = torch.from_numpy(presence[index])[None].to(device)
@@ -78,6 +78,7 @@ def main(argv=None) -> None:
 
     cfg = params.load("train", args.params)
     lpl, model_cfg, eval_cfg = cfg.lpl, params.load("model", args.params), params.load("evaluate", args.params)
+    data_cfg = params.load("data", args.params)
     checkpoint = args.checkpoint or cfg.out
     hybrid, meta = load_deployable(checkpoint)
     if meta["method"] != "lpl":
@@ -92,15 +93,15 @@ def main(argv=None) -> None:
 
     device = resolve_device(cfg.device)
     pseudo = write_pseudo_masks(hybrid, unlabeled, presence, Path(lpl.pseudo_dir), lpl.pseudo_scales,
-                                lpl.pseudo_flip, device)
+                                lpl.pseudo_flip, device, meta["mean"], meta["std"])
     retrain = dataclasses.replace(cfg, method="supervised", iters=lpl.retrain_iters, lr=lpl.retrain_lr,
                                   out=lpl.retrain_out, checkpoint_dir=lpl.retrain_checkpoint_dir)
     trainer = Trainer(retrain, model_cfg, manifest, labeled + pseudo, [], manifest["val"], args.live_dir,
-                      tuple(eval_cfg.crop), eval_cfg.mode)
+                      tuple(eval_cfg.crop), eval_cfg.mode, mean=data_cfg.mean, std=data_cfg.std)
     trainer.fit()
     if trainer.dist.is_main:
         save_deployable(lpl.retrain_out, trainer.method.evaluated_network(), classes=info.classes,
-                        palette=info.palette, mean=IMAGENET_MEAN, std=IMAGENET_STD, dataset=manifest["dataset"],
+                        palette=info.palette, mean=data_cfg.mean, std=data_cfg.std, dataset=manifest["dataset"],
                         method="lpl", iteration=lpl.retrain_iters)
         print(f"lpl stage 2: {len(pseudo)} pseudo masks -> {lpl.pseudo_dir}; "
               f"{lpl.retrain_iters} iterations -> {lpl.retrain_out}")

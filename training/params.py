@@ -1,7 +1,10 @@
 """Typed view of params.yaml: every stage reads its section through `load()`.
 
-The dataclasses are the schema. An unknown key or a value of the wrong type fails at load
-with one line naming the key, so a typo in `dvc exp run -S ...` never trains silently.
+The dataclasses are the schema: types, ranges (`check`) and what each key means. The values
+live in params.yaml alone, so DVC sees every change of one. A missing key, an unknown key or a
+value of the wrong type fails at load with one line naming the key, so a typo in
+`dvc exp run -S ...` never trains silently. The only defaults are `None` for the paths to
+optional inputs (data.root, model.pretrained, split.given_*), where None means "not given".
 """
 from __future__ import annotations
 
@@ -13,40 +16,52 @@ from pathlib import Path
 import yaml
 
 
+PROJECT_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
 class ParamsError(ValueError):
     """A params.yaml problem the user must fix; the message names the key."""
 
 
 @dataclasses.dataclass
 class SyntheticParams:
-    num_train: int = 400
-    num_val: int = 100
-    height: int = 256
-    width: int = 512
-    seed: int = 0
-    video_frames: int = 240
-    video_fps: int = 15
+    num_train: int
+    num_val: int
+    height: int
+    width: int
+    seed: int
+    video_frames: int
+    video_fps: int
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class DataParams:
-    dataset: str = "synthetic"  # synthetic | cityscapes | voc
+    dataset: str  # synthetic | cityscapes | voc
     root: str | None = None  # the real dataset's root; the synthetic set is generated under data/prepared
-    synthetic: SyntheticParams = dataclasses.field(default_factory=SyntheticParams)
+    synthetic: SyntheticParams
+    # Input normalisation (x/255 - mean)/std, RGB: used in training, recorded in the deployable
+    # model and its runtime contract, and read back from there by evaluation and export.
+    mean: list[float]
+    std: list[float]
 
     def check(self, path: str) -> None:
         _choice(path + ".dataset", self.dataset, ("synthetic", "cityscapes", "voc"))
+        for key in ("mean", "std"):
+            if len(getattr(self, key)) != 3:
+                raise ParamsError(f"params: {path}.{key} must be three numbers [r, g, b], got {getattr(self, key)}")
+        for i, value in enumerate(self.std):
+            _positive(f"{path}.std[{i}]", value)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class SplitParams:
-    labeled_ratio: int = 8  # n means 1/n of the train set is labeled
-    seed: int = 0
-    stratify: bool = True
+    labeled_ratio: int  # n means 1/n of the train set is labeled
+    seed: int
+    stratify: bool
     # A CPS/STPG-style list file (e.g. train_aug_labeled_1-8.txt) to use as the labeled part.
     given_labeled: str | None = None
     given_unlabeled: str | None = None
-    out_dir: str = "data/splits"
+    out_dir: str
 
     def check(self, path: str) -> None:
         if self.labeled_ratio < 1:
@@ -57,12 +72,12 @@ class SplitParams:
 BACKBONE_NAMES = ("resnet18", "resnet50", "resnet101", "resnet50_v1c", "resnet101_v1c", "mobilenet_v3_large")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class ModelParams:
-    backbone: str = "resnet18"  # resnet18|resnet50|resnet101|resnet50_v1c|resnet101_v1c|mobilenet_v3_large
-    output_stride: int = 16
+    backbone: str  # resnet18|resnet50|resnet101|resnet50_v1c|resnet101_v1c|mobilenet_v3_large
+    output_stride: int
     pretrained: str | None = None  # local weights file; never downloaded
-    proj_dim: int = 256
+    proj_dim: int
 
     def check(self, path: str) -> None:
         _choice(path + ".backbone", self.backbone, BACKBONE_NAMES)
@@ -72,18 +87,18 @@ class ModelParams:
 
 @dataclasses.dataclass
 class StpgParams:
-    """Schedules in epochs (0-based, 'from epoch e on'), as specs/stpg.md §3-5."""
-    memory_start_epoch: int = 6
-    contrast_start_epoch: int = 11
-    proximity_start_epoch: int = 11
-    hungarian_end_epoch: int | None = None  # None: every iteration (Cityscapes); 19 for VOC
-    memory_size: int = 256
-    memory_conf_thresh: float = 0.95
-    memory_source: str = "pro_teacher"  # pro_teacher (code) | gen_teacher (paper)
-    train_projection: bool = False  # False: frozen random heads (code); True: paper variant
-    prototype_momentum: float = 0.9  # code 0.9, paper 0.99
-    contrast_weight: float = 0.1
-    anchor_temperature: float = 0.5
+    """Schedules in epochs (0-based, 'from epoch e on'), as docs/methods/stpg.md §7."""
+    memory_start_epoch: int
+    contrast_start_epoch: int
+    proximity_start_epoch: int
+    hungarian_end_epoch: int | None  # None: every iteration (Cityscapes); 19 for VOC
+    memory_size: int  # features kept per class
+    memory_conf_thresh: float  # a labeled pixel enters the memory when the teacher is right and surer than this
+    memory_source: str  # pro_teacher (code) | gen_teacher (paper)
+    train_projection: bool  # False: frozen random heads (code); True: paper variant
+    prototype_momentum: float  # code 0.9, paper 0.99
+    contrast_weight: float  # of each of the two contrast terms (labeled, unlabeled)
+    anchor_temperature: float
 
     def check(self, path: str) -> None:
         _choice(path + ".memory_source", self.memory_source, ("pro_teacher", "gen_teacher"))
@@ -99,7 +114,7 @@ class StpgParams:
 @dataclasses.dataclass
 class CpclParams:
     """CPCL's own settings (docs/methods/cpcl.md); its unsupervised weight is train.unsup_weight."""
-    mismatch_eps: float = 1e-6  # added to the sum of the class mismatch scores, as the code
+    mismatch_eps: float  # added to the sum of the class mismatch scores, as the code
 
     def check(self, path: str) -> None:
         if not self.mismatch_eps >= 0:
@@ -109,20 +124,20 @@ class CpclParams:
 
 @dataclasses.dataclass
 class LplParams:
-    """LPL's own settings (docs/methods/lpl.md); the reference code's values by default."""
-    cce_eps: float = 1e-5  # epsilon of the class-aware softmax and of its log
-    iou_decay: float = 0.99  # the running class IoU's counts decay by this every iteration
-    pct_power: float = 8.0  # cross-training image weight: (min IoU of the image's classes)^power
-    classifier_lr_scale: float = 10.0  # lr multiplier of the final classifier conv
-    pseudo_net_poly: bool = False  # False: PseudoNet keeps the base lr (code); True: poly like HybridNet
+    """LPL's own settings (docs/methods/lpl.md); params.yaml holds the reference code's values."""
+    cce_eps: float  # epsilon of the class-aware softmax and of its log
+    iou_decay: float  # the running class IoU's counts decay by this every iteration
+    pct_power: float  # cross-training image weight: (min IoU of the image's classes)^power
+    classifier_lr_scale: float  # lr multiplier of the final classifier conv
+    pseudo_net_poly: bool  # False: PseudoNet keeps the base lr (code); True: poly like HybridNet
     # stage 2 (python -m training.lpl_stage2): pseudo masks from HybridNet, then one supervised retrain
-    pseudo_scales: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])
-    pseudo_flip: bool = True
-    pseudo_dir: str = "data/lpl_pseudo"
-    retrain_iters: int = 1000
-    retrain_lr: float = 0.007
-    retrain_out: str = "models/lpl_retrained.pt"
-    retrain_checkpoint_dir: str = "checkpoints/lpl_retrain"
+    pseudo_scales: list[float]
+    pseudo_flip: bool
+    pseudo_dir: str
+    retrain_iters: int
+    retrain_lr: float
+    retrain_out: str
+    retrain_checkpoint_dir: str
 
     def check(self, path: str) -> None:
         rules = (("cce_eps", self.cce_eps > 0, "> 0"), ("iou_decay", 0 <= self.iou_decay <= 1, "in [0, 1]"),
@@ -137,21 +152,21 @@ class LplParams:
 
 @dataclasses.dataclass
 class CssParams:
-    """CSS's own settings (docs/methods/css.md); the official scripts' values by default. Epochs
-    are passes over the labelled images, as the code counts them."""
-    label: str = "mix"  # ori | mix | cross: which pseudo-label script
-    warmup_epochs: int = 0  # cross: logit-space targets for this many epochs first (code 0, README 20)
-    rep_temperature: float = 0.5  # T of softmax(cos(r, P) / T)
-    contrast_temperature: float = 0.5  # tau of the InfoNCE and of the negative-class law
-    unsup_threshold: float = 0.97  # gamma_u: confident pixels counted by the image weight
-    weak_threshold: float = 0.7  # gamma_w: unlabelled pixels that enter the contrast
-    strong_threshold: float = 0.8  # gamma_s: hard anchors (0.8 for mix/cross, 0.97 in ori's YAML)
-    num_queries: int = 256  # anchors per class
-    num_negatives: int = 512  # keys per anchor
-    prototype_momentum: float = 0.99
-    rampdown_epochs: int | None = 200  # mix/cross contrast weight exp(-5 (e/E)^2), 0 from E on; null: 1
-    strong_scales: list[float] = dataclasses.field(default_factory=lambda: [0.5, 2.0])  # VOC: [0.5, 1.5]
-    quantize_confidence: bool = True  # true: floor(255 c)/255, the code's 8-bit image; false: exact
+    """CSS's own settings (docs/methods/css.md); params.yaml holds the official scripts' values.
+    Epochs are passes over the labelled images, as the code counts them."""
+    label: str  # ori | mix | cross: which pseudo-label script
+    warmup_epochs: int  # cross: logit-space targets for this many epochs first (code 0, README 20)
+    rep_temperature: float  # T of softmax(cos(r, P) / T)
+    contrast_temperature: float  # tau of the InfoNCE and of the negative-class law
+    unsup_threshold: float  # gamma_u: confident pixels counted by the image weight
+    weak_threshold: float  # gamma_w: unlabelled pixels that enter the contrast
+    strong_threshold: float  # gamma_s: hard anchors (0.8 for mix/cross, 0.97 in ori's YAML)
+    num_queries: int  # anchors per class
+    num_negatives: int  # keys per anchor
+    prototype_momentum: float
+    rampdown_epochs: int | None  # mix/cross contrast weight exp(-5 (e/E)^2), 0 from E on; null: 1
+    strong_scales: list[float]  # VOC: [0.5, 1.5]
+    quantize_confidence: bool  # true: floor(255 c)/255, the code's 8-bit image; false: exact
 
     def check(self, path: str) -> None:
         _choice(path + ".label", self.label, ("ori", "mix", "cross"))
@@ -172,35 +187,35 @@ class CssParams:
 
 @dataclasses.dataclass
 class TrainParams:
-    method: str = "stpg"  # supervised | mean_teacher | stpg | cpcl | lpl | css
-    device: str = "auto"  # auto | cpu | cuda
-    precision: str = "auto"  # auto (bf16 where supported) | fp32 | bf16 | fp16
-    iters: int = 1000
-    batch_size: int = 4
-    crop: list[int] = dataclasses.field(default_factory=lambda: [256, 256])
-    scales: list[float] = dataclasses.field(default_factory=lambda: [0.5, 0.75, 1.0, 1.5, 1.75, 2.0])
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    sup_loss: str = "ce"  # ce | ohem
-    ohem_thresh: float = 0.7
-    ohem_min_kept: int = 50000  # per image in the batch
-    ema_decay: float = 0.99
-    unsup_weight: float = 1.0
+    method: str  # supervised | mean_teacher | stpg | cpcl | lpl | css
+    device: str  # auto | cpu | cuda
+    precision: str  # auto (bf16 where supported) | fp32 | bf16 | fp16
+    iters: int
+    batch_size: int
+    crop: list[int]
+    scales: list[float]
+    lr: float
+    momentum: float
+    weight_decay: float  # not on BN parameters and biases
+    poly_power: float  # lr = lr0 (1 - t/T)^power
+    sup_loss: str  # ce | ohem
+    ohem_thresh: float  # keep pixels whose true-class probability is <= max(thresh, the min_kept-th smallest)
+    ohem_min_kept: int  # per image in the batch
+    ema_decay: float
+    unsup_weight: float
     # Sigmoid ramp-up of the unsupervised weight over this fraction of the run (0 = full weight from the start)
-    unsup_rampup: float = 0.0
-    checkpoint_every: int = 100
-    eval_every: int = 250
-    log_every: int = 10
-    seed: int = 12345
-    workers: int = 2
-    out: str = "models/gen_student.pt"
-    checkpoint_dir: str = "checkpoints/train"
-    stpg: StpgParams = dataclasses.field(default_factory=StpgParams)
-    cpcl: CpclParams = dataclasses.field(default_factory=CpclParams)
-    lpl: LplParams = dataclasses.field(default_factory=LplParams)
-    css: CssParams = dataclasses.field(default_factory=CssParams)
+    unsup_rampup: float
+    checkpoint_every: int
+    eval_every: int
+    log_every: int
+    seed: int
+    workers: int
+    out: str
+    checkpoint_dir: str
+    stpg: StpgParams
+    cpcl: CpclParams
+    lpl: LplParams
+    css: CssParams
 
     def check(self, path: str) -> None:
         _choice(path + ".method", self.method, ("supervised", "mean_teacher", "stpg", "cpcl", "lpl", "css"))
@@ -227,9 +242,8 @@ class TrainParams:
 
 @dataclasses.dataclass
 class EvaluateParams:
-    mode: str = "sliding"  # sliding | whole
-    crop: list[int] = dataclasses.field(default_factory=lambda: [256, 512])
-    batch_size: int = 1
+    mode: str  # sliding | whole
+    crop: list[int]
 
     def check(self, path: str) -> None:
         _choice(path + ".mode", self.mode, ("sliding", "whole"))
@@ -239,35 +253,35 @@ class EvaluateParams:
 
 @dataclasses.dataclass
 class ExportTolerance:
-    fp32_miou_delta: float = 0.1  # mIoU points
-    fp16_miou_delta: float = 0.5
-    int8_miou_delta: float = 1.5
-    fp32_label_agreement: float = 0.999
-    fp16_label_agreement: float = 0.99
-    int8_label_agreement: float = 0.95
+    fp32_miou_delta: float  # mIoU points
+    fp16_miou_delta: float
+    int8_miou_delta: float
+    fp32_label_agreement: float
+    fp16_label_agreement: float
+    int8_label_agreement: float
 
 
 @dataclasses.dataclass
 class ExportParams:
-    checkpoint: str = "models/gen_student.pt"
-    out_dir: str = "models/export"
-    opset: int = 17
-    input_size: list[int] = dataclasses.field(default_factory=lambda: [256, 512])
-    input: str = "nchw_float"  # nchw_float | nhwc_uint8
-    output: str = "lowres_logits"  # logits | lowres_logits | labels
-    dynamic_batch: bool = False
-    precisions: list[str] = dataclasses.field(default_factory=lambda: ["fp32", "fp16", "int8"])
-    calibration_images: int = 32
+    checkpoint: str
+    out_dir: str
+    opset: int
+    input_size: list[int]
+    input: str  # nchw_float | nhwc_uint8
+    output: str  # logits | lowres_logits | labels
+    dynamic_batch: bool
+    precisions: list[str]
+    calibration_images: int
     # Nodes the int8 graph keeps in fp32: node names, or first_conv / last_conv (the classifier).
-    int8_keep_fp32: list[str] = dataclasses.field(default_factory=list)
-    verify_images: int = 16
-    tensorrt: str = "auto"  # auto (skip when absent) | required | off
+    int8_keep_fp32: list[str]
+    verify_images: int
+    tensorrt: str  # auto (skip when absent) | required | off
     # precision_onnx: strongly typed builds from the fp16 / int8 ONNX (TensorRT 10 and 11);
     # builder_flags: FP16/INT8 flags + entropy calibrator over the fp32 ONNX (TensorRT 10 only).
-    tensorrt_source: str = "precision_onnx"
-    tensorrt_workspace_mb: int = 2048
-    tensorrt_timing_cache: str = "models/tensorrt_timing.cache"
-    tolerance: ExportTolerance = dataclasses.field(default_factory=ExportTolerance)
+    tensorrt_source: str
+    tensorrt_workspace_mb: int
+    tensorrt_timing_cache: str
+    tolerance: ExportTolerance
 
     def check(self, path: str) -> None:
         _choice(path + ".input", self.input, ("nchw_float", "nhwc_uint8"))
@@ -286,8 +300,8 @@ class ExportParams:
 
 @dataclasses.dataclass
 class SegmentDemoParams:
-    backend: str = "onnxruntime"
-    alpha: float = 0.5
+    backend: str
+    alpha: float
 
     def check(self, path: str) -> None:
         _fraction(path + ".alpha", self.alpha, closed_top=True)
@@ -295,10 +309,10 @@ class SegmentDemoParams:
 
 @dataclasses.dataclass
 class BenchmarkParams:
-    warmup: int = 5
-    iters: int = 30
-    frames: int = 120
-    threads: int = 2
+    warmup: int
+    iters: int
+    frames: int
+    threads: int
 
     def check(self, path: str) -> None:
         _at_least(path + ".warmup", self.warmup, 0)
@@ -310,15 +324,15 @@ class BenchmarkParams:
 class SslBenchmarkParams:
     """The semi-supervised benchmark (training/ssl_benchmark.py, docs/ssl_benchmark.md): its own
     low-resolution data and split, and one set of overrides of the train section for every arm alike."""
-    out_dir: str = "data/ssl"
-    data: SyntheticParams = dataclasses.field(default_factory=lambda: SyntheticParams(height=128, width=256))
-    labeled_ratio: int = 16
-    split_seed: int = 0
-    arms: list[str] = dataclasses.field(default_factory=lambda: ["full", "supervised", "mean_teacher", "stpg"])
-    seeds: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
-    warmup_iters: int = 500  # supervised warm-up on the labeled images whose backbone starts every arm; 0: none
-    eval_mode: str = "whole"
-    train: dict = dataclasses.field(default_factory=dict)  # overrides of the train section
+    out_dir: str
+    data: SyntheticParams
+    labeled_ratio: int
+    split_seed: int
+    arms: list[str]
+    seeds: list[int]
+    warmup_iters: int  # supervised warm-up on the labeled images whose backbone starts every arm; 0: none
+    eval_mode: str
+    train: dict  # overrides of the train section
 
     def check(self, path: str) -> None:
         _at_least(path + ".labeled_ratio", self.labeled_ratio, 2)
@@ -400,12 +414,16 @@ def _convert(tp, value, key: str):
 
 
 def build(cls, raw: dict, path: str):
-    """Build dataclass `cls` from `raw`, refusing unknown keys and wrong types."""
+    """Build dataclass `cls` from `raw`, refusing unknown and missing keys and wrong types."""
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(raw) - set(hints))
     if unknown:
         raise ParamsError(
             f"params: unknown key {path}.{unknown[0]} (known: {', '.join(sorted(hints))})")
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in raw
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ParamsError(f"params: missing key {path}.{missing[0]}; add it to params.yaml")
     values = {k: _convert(hints[k], v, f"{path}.{k}") for k, v in raw.items()}
     obj = cls(**values)
     if hasattr(obj, "check"):
@@ -436,11 +454,20 @@ def load_raw(path: str | Path = "params.yaml") -> dict:
 
 
 def load(section: str, path: str | Path = "params.yaml"):
-    """The typed params of one section; missing keys take the schema defaults."""
+    """The typed params of one section; every key must be in the file."""
     if section not in _SECTIONS:
         raise KeyError(section)
     raw = load_raw(path)
     return build(_SECTIONS[section], raw.get(section) or {}, section)
+
+
+def section(name: str, path: str | Path = PROJECT_PARAMS, **overrides):
+    """Section `name` of the project's params.yaml with `overrides` laid over it (nested ones as
+    dicts, e.g. stpg=dict(memory_start_epoch=0)), validated as the file is: how tests and tools
+    get params, so that they follow params.yaml rather than values of their own."""
+    if name not in _SECTIONS:
+        raise KeyError(name)
+    return build(_SECTIONS[name], merged(load_raw(path).get(name) or {}, overrides), name)
 
 
 def merged(base: dict, overrides: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Iteration bookkeeping shared by the training methods (specs/stpg.md §2.1, §6).
+"""Iteration bookkeeping shared by the training methods (docs/methods/stpg.md §2, §7).
 
 Everything is counted in iterations: an "epoch" is `iters_per_epoch` iterations of the three
 equal-length loaders, and epoch-based switches (memory bank, contrastive loss) are evaluated on

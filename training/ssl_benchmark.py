@@ -44,24 +44,26 @@ def _dirs(ssl) -> tuple[Path, Path]:
 def prepare(params_path: str) -> None:
     ssl = params.load("ssl_benchmark", params_path)
     prepared, splits_dir = _dirs(ssl)
-    num_train, num_val, _ = prepare_stage.prepare(params.DataParams(synthetic=ssl.data), prepared)
+    data_cfg = dataclasses.replace(params.load("data", params_path), dataset="synthetic", root=None, synthetic=ssl.data)
+    num_train, num_val, _ = prepare_stage.prepare(data_cfg, prepared)
     with tempfile.TemporaryDirectory() as tmp:  # the split stage's own code, on the benchmark's split params
         split_params = Path(tmp) / "params.yaml"
-        split_params.write_text(yaml.safe_dump({"split": {
-            "labeled_ratio": ssl.labeled_ratio, "seed": ssl.split_seed, "out_dir": str(splits_dir)}}))
+        split_params.write_text(yaml.safe_dump(params.merged(params.load_raw(params_path), {"split": {
+            "labeled_ratio": ssl.labeled_ratio, "seed": ssl.split_seed, "out_dir": str(splits_dir),
+            "given_labeled": None, "given_unlabeled": None}})))
         split_stage.main(["--params", str(split_params), "--manifest", str(prepared / "manifest.json"),
                           "--metrics", str(splits_dir / "split.json")])
     print(f"ssl benchmark data: {num_train} train, {num_val} val images at "
           f"{ssl.data.height}x{ssl.data.width} -> {prepared}, {splits_dir}")
 
 
-def _warm_backbone(raw: dict, ssl, seed: int, model_cfg, manifest, labeled) -> tuple[Path, dict]:
+def _warm_backbone(raw: dict, ssl, seed: int, model_cfg, data_cfg, manifest, labeled) -> tuple[Path, dict]:
     """Supervised training on the labeled images only; its backbone (never its head) starts every arm."""
     folder = CHECKPOINTS / f"warmup-{seed}"
     cfg = dataclasses.replace(params.ssl_train_params(raw, BASELINE, seed), iters=ssl.warmup_iters,
                               checkpoint_dir=str(folder))
     trainer = Trainer(cfg, model_cfg, manifest, labeled, [], None, live_dir=None,
-                      data_params=dataclasses.asdict(ssl.data))
+                      data_params=dataclasses.asdict(ssl.data), mean=data_cfg.mean, std=data_cfg.std)
     trainer.fit()  # a finished warm-up is loaded from its checkpoint, not trained again
     path = folder / "backbone.pt"
     save_atomic({"state_dict": trainer.method.evaluated_network().backbone.state_dict()}, path)
@@ -74,7 +76,7 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
     if arm not in ssl.arms or seed not in ssl.seeds:
         raise params.ParamsError(f"params: arm {arm!r} seed {seed} is not in ssl_benchmark.arms x seeds "
                                  f"({', '.join(ssl.arms)} x {ssl.seeds}); add it there first")
-    model_cfg = params.load("model", params_path)
+    model_cfg, data_cfg = params.load("model", params_path), params.load("data", params_path)
     prepared, splits_dir = _dirs(ssl)
     manifest = datasets.read_manifest(prepared / "manifest.json")
     labeled = datasets.read_pairs_file(splits_dir / "labeled.txt")
@@ -83,7 +85,7 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
 
     started = time.perf_counter()
     if ssl.warmup_iters:
-        backbone, identity["warmup"] = _warm_backbone(raw, ssl, seed, model_cfg, manifest, labeled)
+        backbone, identity["warmup"] = _warm_backbone(raw, ssl, seed, model_cfg, data_cfg, manifest, labeled)
         model_cfg = dataclasses.replace(model_cfg, pretrained=str(backbone))
     warmup_seconds = time.perf_counter() - started
 
@@ -91,7 +93,7 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
     if arm == FULL:
         labeled, unlabeled = [tuple(p) for p in manifest["train"]], []
     trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, None, live_dir=f"dvclive/ssl/{arm}-{seed}",
-                      data_params=identity)
+                      data_params=identity, mean=data_cfg.mean, std=data_cfg.std)
     started = time.perf_counter()
     history = trainer.fit()
     train_seconds = time.perf_counter() - started
@@ -99,7 +101,8 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
 
     started = time.perf_counter()
     result = evaluate_model(trainer.method.evaluated_network(), manifest["val"], trainer.info.num_classes,
-                            ssl.eval_mode, (ssl.data.height, ssl.data.width), trainer.device, trainer.autocast_dtype)
+                            ssl.eval_mode, (ssl.data.height, ssl.data.width), trainer.device, trainer.autocast_dtype,
+                            mean=trainer.mean, std=trainer.std)
     row = {
         "arm": arm, "method": cfg.method, "seed": seed,
         "miou": round(result["miou"], 6),

@@ -13,7 +13,6 @@ from training.data import datasets, splits
 from training.deployable import save_deployable
 from training.engine import CheckpointError, Trainer
 from training.methods import method_class
-from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def main(argv=None) -> None:
@@ -35,6 +34,7 @@ def main(argv=None) -> None:
     cfg.check("train")
     model_cfg = params.load("model", args.params)
     eval_cfg = params.load("evaluate", args.params)
+    data_cfg = params.load("data", args.params)
     manifest = datasets.read_manifest(args.manifest)
     if args.all_labeled:
         labeled, unlabeled = [tuple(p) for p in manifest["train"]], []
@@ -46,12 +46,13 @@ def main(argv=None) -> None:
         image_classes = splits.read_image_classes(f"{args.splits}/{splits.IMAGE_CLASSES_FILE}",
                                                   datasets.dataset_info(manifest["dataset"]).num_classes)
     trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, manifest["val"], args.live_dir,
-                      tuple(eval_cfg.crop), eval_cfg.mode, image_classes=image_classes)
+                      tuple(eval_cfg.crop), eval_cfg.mode, image_classes=image_classes, mean=data_cfg.mean,
+                      std=data_cfg.std)
     trainer.fit()
     if trainer.dist.is_main:
         info = trainer.info
         save_deployable(cfg.out, trainer.method.evaluated_network(), classes=info.classes, palette=info.palette,
-                        mean=IMAGENET_MEAN, std=IMAGENET_STD, dataset=manifest["dataset"], method=cfg.method,
+                        mean=data_cfg.mean, std=data_cfg.std, dataset=manifest["dataset"], method=cfg.method,
                         iteration=cfg.iters)
         print(f"{cfg.method}: {cfg.iters} iterations -> {cfg.out}")
 

@@ -67,8 +67,8 @@ class OnnxRuntimeEngine(Engine):
             options.inter_op_num_threads = 1
         # Idle workers sleep instead of spinning: on a vehicle's few cores a spinning pool steals
         # the cores that decode and the C ops need between inferences (and slows a second
-        # session in a side-by-side benchmark), while a lone session measured the same without
-        # spinning (88.7 vs 90.0 ms p50, fp32 256x512, 2 threads).
+        # session in a side-by-side benchmark), while a lone session measured about the same without
+        # spinning (`python -m bench` times it; docs/benchmarks.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         chosen = choose_providers(providers, ort.get_available_providers())

@@ -5,13 +5,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import yaml
 
 from export import run as export_run
 from export.onnx_export import (MIN_OPSET, DeployWrapper, ExportError, example_input, export_onnx,
                                 export_torchscript, make_contract, read_contract)
 from runtime.engines import open_engine
 from training.models import build_model
+from tests.conftest import params_copy
 from tests.export.fixtures import SIZE, model_info
 
 
@@ -135,9 +135,7 @@ def test_example_input_follows_layout():
 
 
 def _stage_params(tmp_path, **export):
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump({"export": {"out_dir": str(tmp_path / "out"), **export}}))
-    return params
+    return params_copy(tmp_path / "params.yaml", export={"out_dir": str(tmp_path / "out"), **export})
 
 
 def test_cli_missing_checkpoint_exits_2_with_one_line(tmp_path, capsys):

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
 import onnx
 import pytest
 import torch
-import yaml
 from onnx import numpy_helper
 
 from export import run as export_run
@@ -16,12 +16,15 @@ from export.onnx_export import export_onnx, make_contract
 from export.verify import (ArtefactReport, ParityGateError, Sample, gate, labels_of,
                            torch_reference, verify_artefact)
 from training.deployable import save_deployable
+from training import params
 from training.models import build_model
-from training.params import ExportTolerance
+from tests.conftest import params_copy
 from tests.export.fixtures import SIZE, model_info
 
 
 INFO = model_info("ef")
+# params.yaml's tolerances, with the int8 ones the cases below are computed for
+TOLERANCE = params.section("export", tolerance=dict(int8_miou_delta=1.5, int8_label_agreement=0.95)).tolerance
 
 
 
@@ -52,20 +55,20 @@ def _report(**changes) -> ArtefactReport:
 
 
 def test_gate_passes_within_tolerance():
-    assert gate(_report(), ExportTolerance()).passed is True
+    assert gate(_report(), TOLERANCE).passed is True
 
 
 def test_gate_fails_on_low_agreement_naming_artefact_value_and_tolerance():
     report = _report(label_agreement=0.94)
     with pytest.raises(ParityGateError, match=r"m_int8\.onnx.*0\.9400.*int8_label_agreement = 0\.95"):
-        gate(report, ExportTolerance())
+        gate(report, TOLERANCE)
     assert report.passed is False
 
 
 @pytest.mark.parametrize("delta", [-1.6, 1.6])
 def test_gate_fails_on_miou_drift_either_way(delta):
     with pytest.raises(ParityGateError, match=r"m_int8\.onnx.*int8_miou_delta = 1\.5"):
-        gate(_report(miou=0.61 + delta / 100, miou_delta_points=delta), ExportTolerance())
+        gate(_report(miou=0.61 + delta / 100, miou_delta_points=delta), TOLERANCE)
 
 
 # ---------------------------------------------------------------- a real artefact
@@ -82,7 +85,7 @@ def test_faithful_artefact_passes_and_corrupted_one_fails(model, tmp_path):
     path = export_onnx(model, contract, tmp_path / "m.onnx")
     reference = torch_reference(model, contract, samples(3))
 
-    report = gate(verify_artefact(path, reference), ExportTolerance())
+    report = gate(verify_artefact(path, reference), TOLERANCE)
     assert report.max_abs_logit_delta < 1e-4
     assert report.label_agreement > 0.999 and abs(report.miou_delta_points) < 0.1
 
@@ -99,7 +102,7 @@ def test_faithful_artefact_passes_and_corrupted_one_fails(model, tmp_path):
     report = verify_artefact(broken, reference)
     assert report.label_agreement < 0.5
     with pytest.raises(ParityGateError, match=r"broken\.onnx agrees with PyTorch on 0\.\d+ of pixels"):
-        gate(report, ExportTolerance())
+        gate(report, TOLERANCE)
 
 
 # ---------------------------------------------------------------- the DVC stage
@@ -132,8 +135,7 @@ def project(tmp_path, model, monkeypatch):
 
 def _write_params(export: dict) -> None:
     base = {"input_size": list(SIZE), "calibration_images": 4, "verify_images": 3, "tensorrt": "auto"}
-    with open("params.yaml", "w") as fh:
-        yaml.safe_dump({"export": {**base, **export}}, fh)
+    params_copy(Path("params.yaml"), export={**base, **export})
 
 
 def test_stage_writes_verified_artefacts_and_metrics(project):

@@ -1,4 +1,4 @@
-"""Class anchors: specs/stpg.md §5.1 (regular simplex, pairwise cosine -1/(K-1))."""
+"""Class anchors: docs/methods/stpg.md §6 (regular simplex, pairwise cosine -1/(K-1))."""
 import numpy as np
 import pytest
 

@@ -1,5 +1,5 @@
 """Prototypes, Hungarian matching, memory bank and anchor-contrastive loss:
-specs/stpg.md §4.5, §5.2-5.3, T5-T9."""
+docs/methods/stpg.md §6, T5-T9."""
 import math
 
 import pytest
@@ -90,7 +90,7 @@ def test_batched_loss_matches_the_pairwise_definition():
     bank = MemoryBank(4, 6, capacity=8)
     bank.insert(torch.randn(20, 6), torch.randint(0, 4, (20,)), per_class=5)
 
-    # the formula of specs/stpg.md §4.5, written out class by class and pair by pair
+    # the formula of docs/methods/stpg.md §6, written out class by class and pair by pair
     flat = features.permute(0, 2, 3, 1).reshape(-1, 6)
     flat_labels = labels.reshape(-1)
     expected = 0.0

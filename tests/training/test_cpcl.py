@@ -12,7 +12,7 @@ from training.methods.losses import IGNORE_INDEX, weighted_ce
 from training.methods.selection import mismatch_weights
 
 IGN = IGNORE_INDEX
-EPS = params.CpclParams().mismatch_eps
+EPS = params.section("train").cpcl.mismatch_eps
 
 
 def _labels(values):
@@ -85,7 +85,7 @@ def test_c5_complete_agreement_gives_zero_weights_not_nan():
 
 def test_negative_eps_is_refused():
     with pytest.raises(params.ParamsError, match=r"train\.cpcl\.mismatch_eps must be >= 0"):
-        params.build(params.TrainParams, {"cpcl": {"mismatch_eps": -1.0}}, "train")
+        params.section("train", cpcl={"mismatch_eps": -1.0})
 
 
 def test_project_params_file_loads_cpcl_section():

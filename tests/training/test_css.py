@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.training.test_engine import tiny, trainer  # noqa: F401  (tiny is a fixture)
+from tests.training.test_engine import NORM, tiny, trainer  # noqa: F401  (tiny is a fixture)
 from training import params
 from training.methods import MethodContext, method_class
 from training.methods.contrast import PrototypeBank, negative_class_probabilities, prototype_infonce_loss
@@ -31,10 +31,15 @@ def _row(values, dtype=torch.long):
     return torch.tensor(values, dtype=dtype).reshape(1, 1, -1)
 
 
+def css_params(**values):
+    """params.yaml's train.css with `values` laid over it."""
+    return params.section("train", css=values).css
+
+
 def build(num_classes=3, **css):
-    cfg = params.TrainParams(method="css", crop=[32, 32], css=params.CssParams(**{**SMALL, **css}))
+    cfg = params.section("train", method="css", crop=[32, 32], css={**SMALL, **css})
     context = MethodContext(num_classes=num_classes, dataset="cityscapes", batch_size=2, num_labeled=4,
-                            iters_per_epoch=10)
+                            iters_per_epoch=10, **NORM)
     torch.manual_seed(0)
     return method_class("css")(cfg, context, lambda: build_model("resnet18", num_classes, proj_dim=8))
 
@@ -108,13 +113,13 @@ def test_s2_cross_mode_loss_is_identically_zero_for_three_classes():
 
 
 def test_s2_zero_loss_warning_names_the_cap():
-    cross = params.CssParams(label="cross")
+    cross = css_params(label="cross", rep_temperature=0.5, unsup_threshold=0.97)
     (message,) = zero_loss_warnings(cross, 19)
     assert "0.7490 < unsup_threshold 0.97" in message and "identically 0" in message
-    assert zero_loss_warnings(params.CssParams(label="mix"), 19) == []
+    assert zero_loss_warnings(css_params(label="mix", unsup_threshold=0.97), 19) == []
     assert zero_loss_warnings(cross, 2) == []  # 250/255 = 0.9804 reaches 0.97
-    assert zero_loss_warnings(params.CssParams(label="cross", rep_temperature=0.2), 19) == []
-    (message,) = zero_loss_warnings(params.CssParams(label="ori", strong_threshold=0.0), 19)
+    assert zero_loss_warnings(css_params(label="cross", rep_temperature=0.2, unsup_threshold=0.97), 19) == []
+    (message,) = zero_loss_warnings(css_params(label="ori", strong_threshold=0.0), 19)
     assert "contrastive loss is identically 0" in message
 
 
@@ -222,7 +227,7 @@ def test_strong_view_moves_labels_and_confidences_together():
     confidences = (labels.float() + 1) / 10  # confidence = (label + 1) / 10 wherever the label is real
     images = torch.randn(batch, 3, height, width)
     # scales below 1 always leave a padded border
-    strong, out_labels, out_confidences = StrongView([0.5, 0.75])(images, labels, confidences)
+    strong, out_labels, out_confidences = StrongView([0.5, 0.75], **NORM)(images, labels, confidences)
     assert strong.shape == images.shape and out_labels.shape == labels.shape
     real = out_labels != IGN
     assert real.any() and not real.all()
@@ -234,7 +239,7 @@ def test_strong_view_moves_labels_and_confidences_together():
 def test_strong_view_pastes_half_of_the_next_image():
     random.seed(2)
     labels = torch.arange(4).reshape(4, 1, 1, 1).expand(4, 1, 16, 16).clone()
-    _, out_labels, _ = StrongView([1.0, 1.0])(torch.zeros(4, 3, 16, 16), labels, torch.zeros(4, 1, 16, 16))
+    _, out_labels, _ = StrongView([1.0, 1.0], **NORM)(torch.zeros(4, 3, 16, 16), labels, torch.zeros(4, 1, 16, 16))
     for i in range(4):
         partner = out_labels[i, 0] == (i + 1) % 4
         rows, cols = partner.any(dim=1).nonzero(), partner.any(dim=0).nonzero()
@@ -252,7 +257,7 @@ def test_strong_view_pastes_half_of_the_next_image():
                                       ({"rampdown_epochs": 0}, "train.css.rampdown_epochs")])
 def test_bad_settings_are_refused(raw, key):
     with pytest.raises(params.ParamsError, match=key):
-        params.build(params.TrainParams, {"css": raw}, "train")
+        params.section("train", css=raw)
 
 
 def test_project_params_file_loads_css_section():
@@ -275,7 +280,7 @@ def _grad_norm(loss, parameters):
 
 def test_two_iterations_then_each_loss_reaches_its_parts(tmp_path, tiny):  # noqa: F811
     # unsup_threshold 0: every pixel is confident, so the unsupervised loss is not 0 at random init
-    t = trainer(tmp_path, tiny, method="css", iters=2, css=params.CssParams(unsup_threshold=0.0, **SMALL))
+    t = trainer(tmp_path, tiny, method="css", iters=2, css=dict(unsup_threshold=0.0, **SMALL))
     history = t.fit()
     assert {k.split("/")[1] for k in history} >= {"loss", "sup", "unsup", "contrast", "image_weight", "agreement"}
     assert all(math.isfinite(v) for v in history.values())
@@ -301,7 +306,7 @@ def test_two_iterations_then_each_loss_reaches_its_parts(tmp_path, tiny):  # noq
 
 
 def test_resume_is_exact(tmp_path, tiny):  # noqa: F811
-    css = params.CssParams(**SMALL)
+    css = SMALL
     uninterrupted = trainer(tmp_path / "once", tiny, method="css", css=css)
     uninterrupted.fit()
     trainer(tmp_path / "twice", tiny, method="css", css=css).fit(stop_after=2)  # stopped at the iteration-2 checkpoint

@@ -116,7 +116,8 @@ def test_epoch_sampler_resume_is_exact():
 def test_train_dataset_item_depends_only_on_key(tmp_path):
     make_cityscapes(tmp_path)
     pairs = datasets.list_pairs(tmp_path, "train")
-    ds = TrainDataset(pairs, (8, 8), length=6, scales=(0.5, 1.0), with_mask=True, seed=1)
+    ds = TrainDataset(pairs, (8, 8), length=6, scales=(0.5, 1.0), with_mask=True, seed=1, mean=(0.5,) * 3,
+                      std=(0.25,) * 3)
     a, b = ds[(2, 3)], ds[(2, 3)]
     assert all(np.array_equal(a[k], b[k]) for k in ("image", "label", "mask"))
     assert a["image"].shape == (3, 8, 8) and a["label"].dtype.is_floating_point is False

@@ -1,4 +1,4 @@
-"""EMA teachers: specs/stpg.md §1.2-1.3 and T12."""
+"""EMA teachers: docs/methods/stpg.md §1 and T12."""
 import pytest
 import torch
 from torch import nn
@@ -80,5 +80,5 @@ def test_update_runs_outside_autograd():
 
 @pytest.mark.parametrize("step, decay", [(0, 0.0), (1, 0.5), (2, 2 / 3), (99, 0.99), (500, 0.99)])
 def test_warm_start_decay(step, decay):
-    # min(1 - 1/(t+1), 0.99): related-methods CSS T3.
+    # min(1 - 1/(t+1), 0.99): docs/methods/css.md S3.
     assert warm_start_decay(step, 0.99) == pytest.approx(decay)

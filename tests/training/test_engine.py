@@ -1,4 +1,3 @@
-import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -11,18 +10,24 @@ from training import params
 from training.engine import CheckpointError, Trainer
 
 
-def tiny_cfg(tmp_path, method="stpg", **overrides):
+def tiny_values(tmp_path, method="stpg", **overrides) -> dict:
+    """What makes params.yaml's train section tiny, with `overrides`, as params.section takes them."""
     # confidence threshold 0: on random data the memory bank would otherwise stay empty
-    stpg = params.StpgParams(memory_start_epoch=0, contrast_start_epoch=0, proximity_start_epoch=1,
-                             memory_conf_thresh=0.0)
+    stpg = dict(memory_start_epoch=0, contrast_start_epoch=0, proximity_start_epoch=1, memory_conf_thresh=0.0)
     values = dict(method=method, device="cpu", precision="fp32", iters=4, batch_size=2, crop=[32, 32],
                   scales=[0.75, 1.0], workers=0, checkpoint_every=2, eval_every=1000, log_every=1,
                   checkpoint_dir=str(tmp_path / "ckpt"), stpg=stpg)
-    values.update(overrides)
-    return params.TrainParams(**values)
+    return params.merged(values, overrides)
 
 
-MODEL = params.ModelParams(backbone="resnet18", proj_dim=16)
+def tiny_cfg(tmp_path, method="stpg", **overrides):
+    return params.section("train", **tiny_values(tmp_path, method, **overrides))
+
+
+TINY_MODEL = dict(backbone="resnet18", output_stride=16, pretrained=None, proj_dim=16)
+MODEL = params.section("model", **TINY_MODEL)
+DATA = params.section("data")
+NORM = dict(mean=DATA.mean, std=DATA.std)  # the input normalisation every Trainer takes
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,7 @@ def tiny(tmp_path_factory):
 def trainer(tmp_path, tiny, **overrides):
     manifest, labeled, unlabeled = tiny
     return Trainer(tiny_cfg(tmp_path, **overrides), MODEL, manifest, labeled, unlabeled, live_dir=None,
-                   progress=False)
+                   progress=False, **NORM)
 
 
 @pytest.mark.parametrize("method", ["supervised", "mean_teacher", "stpg"])
@@ -51,7 +56,7 @@ def test_methods_train_and_losses_are_finite(tmp_path, tiny, method):
 def test_dvclive_rows_carry_the_iteration_count(tmp_path, tiny):
     manifest, labeled, unlabeled = tiny
     cfg = tiny_cfg(tmp_path, method="supervised", iters=4, log_every=2)
-    Trainer(cfg, MODEL, manifest, labeled, unlabeled, live_dir=str(tmp_path / "live"), progress=False).fit()
+    Trainer(cfg, MODEL, manifest, labeled, unlabeled, live_dir=str(tmp_path / "live"), progress=False, **NORM).fit()
     rows = (tmp_path / "live/plots/metrics/train/loss.tsv").read_text().splitlines()
     assert [row.split("\t")[0] for row in rows] == ["step", "2", "4"]
 
@@ -86,7 +91,8 @@ def test_checkpoint_of_another_split_is_not_resumed(tmp_path, tiny, capsys):
     manifest, labeled, unlabeled = tiny
     trainer(tmp_path, tiny, method="supervised", iters=2).fit()
     cfg = tiny_cfg(tmp_path, method="supervised", iters=2)
-    other = Trainer(cfg, MODEL, manifest, unlabeled[:2], labeled + unlabeled[2:], live_dir=None, progress=False)
+    other = Trainer(cfg, MODEL, manifest, unlabeled[:2], labeled + unlabeled[2:], live_dir=None, progress=False,
+                    **NORM)
     assert other.load_checkpoint() == 0
     assert "split.labeled" in capsys.readouterr().err
 
@@ -116,16 +122,14 @@ def test_poly_lr_reaches_optimizer(tmp_path, tiny):
 def test_ddp_two_processes_on_cpu(tmp_path, tiny):
     manifest, labeled, unlabeled = tiny
     script = tmp_path / "ddp_run.py"
+    values = tiny_values(tmp_path, iters=2, scales=[1.0], checkpoint_every=100, checkpoint_dir=str(tmp_path / "ddp_ckpt"))
     script.write_text(textwrap.dedent(f"""
         import json, torch, torch.distributed as dist
         from training import params
         from training.engine import Trainer
-        cfg = params.TrainParams(method="stpg", device="cpu", precision="fp32", iters=2, batch_size=2,
-                                 crop=[32, 32], scales=[1.0], workers=0, checkpoint_every=100, log_every=1,
-                                 checkpoint_dir={str(tmp_path / 'ddp_ckpt')!r},
-                                 stpg=params.StpgParams(memory_start_epoch=0, contrast_start_epoch=0))
-        t = Trainer(cfg, params.ModelParams(backbone="resnet18", proj_dim=16), {manifest!r},
-                    {labeled!r}, {unlabeled!r}, live_dir=None, progress=False)
+        cfg = params.section("train", **{values!r})
+        t = Trainer(cfg, params.section("model", **{TINY_MODEL!r}), {manifest!r}, {labeled!r}, {unlabeled!r},
+                    live_dir=None, progress=False, **{NORM!r})
         assert t.dist.world_size == 2 and isinstance(t.step_module, torch.nn.parallel.DistributedDataParallel)
         # SyncBatchNorm is CUDA-only; on CPU (gloo) each rank keeps its own BN statistics
         assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in t.method.modules())

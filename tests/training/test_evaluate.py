@@ -46,3 +46,33 @@ def test_iou_by_hand():
     np.testing.assert_allclose(iou[:2], [3 / 4, 2 / 3])
     assert np.isnan(iou[2])  # absent from ground truth and prediction
     assert miou == np.mean([3 / 4, 2 / 3]) and acc == 5 / 6
+
+
+def test_evaluation_normalises_as_the_model_records(tmp_path, params_file, monkeypatch):
+    """The model's own mean/std, not data.mean/data.std: the runtime feeds it so too."""
+    import json
+
+    from tests.training.tiny_data import make_tiny_dataset
+    from training import evaluate
+    from training.data import datasets
+    from training.deployable import save_deployable
+    from training.models import build_model
+
+    manifest = make_tiny_dataset(tmp_path / "data", n_train=1, n_val=1)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    info = datasets.dataset_info("cityscapes")
+    save_deployable(tmp_path / "model.pt", build_model("resnet18", 19, proj_dim=8), classes=info.classes,
+                    palette=info.palette, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), dataset="cityscapes",
+                    method="supervised", iteration=1)
+    seen = []
+    original = evaluate.EvalDataset
+
+    def spy(pairs, mean, std):
+        seen.append((list(mean), list(std)))
+        return original(pairs, mean, std)
+
+    monkeypatch.setattr(evaluate, "EvalDataset", spy)
+    evaluate.main(["--params", str(params_file(evaluate={"mode": "whole"})), "--checkpoint", str(tmp_path / "model.pt"),
+                   "--manifest", str(tmp_path / "manifest.json"), "--metrics", str(tmp_path / "eval.json"),
+                   "--plot", str(tmp_path / "iou.csv"), "--device", "cpu"])
+    assert seen == [([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])]

@@ -1,4 +1,4 @@
-"""Pixel losses: specs/stpg.md §4.1, §4.3-4.4, T2 and T10; related-methods CSS T2."""
+"""Pixel losses: docs/methods/stpg.md §4, T2 and T10; docs/methods/css.md S2."""
 import math
 
 import pytest
@@ -53,7 +53,7 @@ def test_ignored_pixel_counts_in_denominator_only():
 
 
 def test_per_image_weight_positive_only():
-    # CSS T2: labels [0, 1, ign, 1], logits 0 (C=2, CE = ln 2), image weight 2/3; the mean is
+    # docs/methods/css.md S2: labels [0, 1, ign, 1], logits 0 (C=2, CE = ln 2), image weight 2/3; the mean is
     # over the 3 pixels with CE > 0: (2/3) ln 2 = 0.462098.
     logits = torch.zeros(1, 2, 1, 4)
     target = torch.tensor([[[0, 1, 255, 1]]])

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import params_copy
+from tests.training.test_engine import MODEL, NORM, TINY_MODEL, tiny_values
 from tests.training.tiny_data import make_tiny_dataset
 from training import lpl_stage2, params, split
 from training.data import datasets, splits
@@ -135,7 +137,7 @@ def tiny_split(tmp_path_factory):
     root = tmp_path_factory.mktemp("lpl")
     manifest = make_tiny_dataset(root / "data")
     (root / "manifest.json").write_text(json.dumps(manifest))
-    (root / "params.yaml").write_text(f"split:\n  labeled_ratio: 4\n  out_dir: {root / 'splits'}\n")
+    params_copy(root / "params.yaml", split={"labeled_ratio": 4, "out_dir": str(root / "splits")})
     split.main(["--params", str(root / "params.yaml"), "--manifest", str(root / "manifest.json"),
                 "--metrics", str(root / "split.json")])
     labeled = datasets.read_pairs_file(root / "splits/labeled.txt")
@@ -165,7 +167,7 @@ def test_weak_loader_draws_every_image_and_flags_the_labeled(tiny_split):
     _, _, labeled, unlabeled, classes = tiny_split
     n = len(labeled) + len(unlabeled)
     iterators, iters_per_epoch = make_train_loaders(labeled, unlabeled, (32, 32), n, [1.0], 0, 3,
-                                                    image_classes=classes)
+                                                    image_classes=classes, **NORM)
     assert iters_per_epoch == 1  # one epoch: every image once, labeled ones included
     batch = image_level_fields(next(iterators["labeled"]), next(iterators["unlabeled"]))
     flags = batch["unlabeled_has_label"]
@@ -177,7 +179,7 @@ def test_weak_loader_draws_every_image_and_flags_the_labeled(tiny_split):
 
 def test_other_methods_batches_are_unchanged(tiny_split):
     _, _, labeled, unlabeled, _ = tiny_split
-    iterators, _ = make_train_loaders(labeled, unlabeled, (32, 32), 2, [1.0], 0, 3)
+    iterators, _ = make_train_loaders(labeled, unlabeled, (32, 32), 2, [1.0], 0, 3, **NORM)
     assert image_level_fields(next(iterators["labeled"]), next(iterators["unlabeled"])) == {}
 
 
@@ -185,29 +187,23 @@ def test_image_without_image_level_labels_is_refused(tiny_split):
     _, _, labeled, unlabeled, classes = tiny_split
     partial = {image: k for image, k in classes.items() if image != unlabeled[0][0]}
     with pytest.raises(datasets.DatasetError, match="re-run `dvc repro split`"):
-        make_train_loaders(labeled, unlabeled, (32, 32), 2, [1.0], 0, 3, image_classes=partial)
+        make_train_loaders(labeled, unlabeled, (32, 32), 2, [1.0], 0, 3, image_classes=partial, **NORM)
 
 
 # ---------------------------------------------------------------- training
 
-MODEL = params.ModelParams(backbone="resnet18", proj_dim=16)
-
-
 def lpl_trainer(path, tiny_split, **overrides):
     _, manifest, labeled, unlabeled, classes = tiny_split
-    values = dict(method="lpl", device="cpu", precision="fp32", iters=2, batch_size=2, crop=[32, 32],
-                  scales=[0.75, 1.0], workers=0, checkpoint_every=2, eval_every=1000, log_every=1,
-                  checkpoint_dir=str(path / "ckpt"))
-    values.update(overrides)
-    return Trainer(params.TrainParams(**values), MODEL, manifest, labeled, unlabeled, live_dir=None,
-                   progress=False, image_classes=classes)
+    cfg = params.section("train", **tiny_values(path, "lpl", **{"iters": 2, **overrides}))
+    return Trainer(cfg, MODEL, manifest, labeled, unlabeled, live_dir=None, progress=False, image_classes=classes,
+                   **NORM)
 
 
 def test_lpl_needs_image_level_labels(tmp_path, tiny_split):
     _, manifest, labeled, unlabeled, _ = tiny_split
-    cfg = params.TrainParams(method="lpl", device="cpu", checkpoint_dir=str(tmp_path))
+    cfg = params.section("train", method="lpl", device="cpu", checkpoint_dir=str(tmp_path))
     with pytest.raises(datasets.DatasetError, match="image-level labels"):
-        Trainer(cfg, MODEL, manifest, labeled, unlabeled, live_dir=None, progress=False)
+        Trainer(cfg, MODEL, manifest, labeled, unlabeled, live_dir=None, progress=False, **NORM)
 
 
 def nonzero_grads(loss, network):
@@ -222,7 +218,7 @@ def test_two_iterations_then_h_teaches_p_and_p_teaches_h(tmp_path, tiny_split):
     assert {"train/seg_hybrid", "train/seg_pseudo", "train/cls", "train/pct", "train/pct_weight"} <= set(history)
     assert all(math.isfinite(v) for v in history.values())
 
-    iterators, _ = make_train_loaders(labeled, unlabeled, (32, 32), 2, [1.0], 0, 5, image_classes=classes)
+    iterators, _ = make_train_loaders(labeled, unlabeled, (32, 32), 2, [1.0], 0, 5, image_classes=classes, **NORM)
     labeled_batch, weak_batch = next(iterators["labeled"]), next(iterators["unlabeled"])
     batch = {"image": labeled_batch["image"], "label": labeled_batch["label"], "unlabeled": weak_batch["image"],
              **image_level_fields(labeled_batch, weak_batch)}
@@ -255,8 +251,7 @@ def test_two_iterations_then_h_teaches_p_and_p_teaches_h(tmp_path, tiny_split):
 
 @pytest.mark.parametrize("pseudo_net_poly", [False, True])
 def test_learning_rates(tmp_path, tiny_split, pseudo_net_poly):
-    lpl = params.LplParams(pseudo_net_poly=pseudo_net_poly)
-    t = lpl_trainer(tmp_path, tiny_split, lr=0.01, lpl=lpl)
+    t = lpl_trainer(tmp_path, tiny_split, lr=0.01, lpl=dict(pseudo_net_poly=pseudo_net_poly))
     t.fit()
     poly = 0.01 * 0.5 ** 0.9  # the rate of the last iteration (t = 1 of 2)
     hybrid = {id(q) for q in t.method.hybrid.parameters()}
@@ -299,28 +294,11 @@ def test_multi_scale_logits_sum_the_views():
 
 
 def write_params(root, tmp_path):
-    text = f"""
-train:
-  device: cpu
-  precision: fp32
-  batch_size: 2
-  crop: [32, 32]
-  scales: [1.0]
-  workers: 0
-  checkpoint_every: 100
-  eval_every: 1000
-  out: {tmp_path / 'stage1.pt'}
-  lpl:
-    pseudo_scales: [0.5, 1.0]
-    pseudo_dir: {tmp_path / 'pseudo'}
-    retrain_iters: 1
-    retrain_out: {tmp_path / 'retrained.pt'}
-    retrain_checkpoint_dir: {tmp_path / 'ckpt2'}
-model:
-  backbone: resnet18
-  proj_dim: 16
-"""
-    (tmp_path / "params.yaml").write_text(text)
+    lpl = dict(pseudo_scales=[0.5, 1.0], pseudo_dir=str(tmp_path / "pseudo"), retrain_iters=1,
+               retrain_out=str(tmp_path / "retrained.pt"), retrain_checkpoint_dir=str(tmp_path / "ckpt2"))
+    train = dict(device="cpu", precision="fp32", batch_size=2, crop=[32, 32], scales=[1.0], workers=0,
+                 checkpoint_every=100, eval_every=1000, out=str(tmp_path / "stage1.pt"), lpl=lpl)
+    params_copy(tmp_path / "params.yaml", train=train, model=TINY_MODEL)
     return ["--params", str(tmp_path / "params.yaml"), "--splits", str(root / "splits"),
             "--manifest", str(root / "manifest.json"), "--live-dir", str(tmp_path / "live")]
 
@@ -344,6 +322,7 @@ def test_stage2_pseudo_masks_then_retrain(tmp_path, tiny_split):
         assert set(np.unique(mask).tolist()) <= set(np.flatnonzero(classes[image]).tolist())
     model, info = load_deployable(tmp_path / "retrained.pt")
     assert info["method"] == "lpl" and info["iteration"] == 1
+    assert [info["mean"], info["std"]] == [NORM["mean"], NORM["std"]]  # data.mean / data.std, recorded
 
 
 def test_stage2_refuses_a_model_of_another_method(tmp_path, tiny_split):
@@ -353,8 +332,6 @@ def test_stage2_refuses_a_model_of_another_method(tmp_path, tiny_split):
     assert not (tmp_path / "pseudo").exists()
 
 
-def test_params_check_names_the_key(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text("train:\n  lpl:\n    iou_decay: 1.5\n")
+def test_params_check_names_the_key(params_file):
     with pytest.raises(params.ParamsError, match=r"train\.lpl\.iou_decay"):
-        params.load("train", path)
+        params.load("train", params_file(train={"lpl": {"iou_decay": 1.5}}))

@@ -1,4 +1,4 @@
-"""DeepLabV3+ and its backbones: shapes, dilations, the spec's head layout, init, param groups, weights."""
+"""DeepLabV3+ and its backbones: shapes, dilations, the head layout of docs/methods/stpg.md §1, init, param groups, weights."""
 from __future__ import annotations
 
 import logging

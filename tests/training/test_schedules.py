@@ -1,4 +1,4 @@
-"""Schedules and iteration counts: specs/stpg.md §2.1, §6 and T12."""
+"""Schedules and iteration counts: docs/methods/stpg.md §2, §7 and T12."""
 import pytest
 
 from training.schedules import epoch_of, iters_per_epoch, poly_lr, sigmoid_rampup, split_sizes

@@ -1,4 +1,4 @@
-"""Mismatch scores and pixel selection: specs/stpg.md §4.2, T1, T3 and T4."""
+"""Mismatch scores and pixel selection: docs/methods/stpg.md §5, T1, T3 and T4."""
 import math
 
 import pytest

@@ -49,8 +49,7 @@ def test_rows_train_what_params_say(tmp_path):
     assert stpg.stpg.contrast_start_epoch * per_epoch / stpg.iters == pytest.approx(0.08, abs=0.015)
 
 
-def test_unknown_override_is_refused_with_its_key(tmp_path):
-    path = tmp_path / "params.yaml"
-    path.write_text("ssl_benchmark:\n  train:\n    itres: 10\n")
+def test_unknown_override_is_refused_with_its_key(params_file):
+    path = params_file(ssl_benchmark={"train": {"itres": 10}})
     with pytest.raises(params.ParamsError, match=r"unknown key ssl_benchmark.train \(arm full\).itres"):
         params.load("train", path)

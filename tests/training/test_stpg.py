@@ -1,6 +1,8 @@
-"""Which teacher follows which student, and which student each teacher supervises (specs/stpg.md §0)."""
+"""Which teacher follows which student, and which student each teacher supervises
+(docs/methods/stpg.md §1)."""
 import torch
 
+from tests.training.test_engine import NORM
 from training import params
 from training.methods import MethodContext, method_class
 from training.methods.selection import select_pixels
@@ -8,8 +10,9 @@ from training.models import build_model
 
 
 def build(**stpg):
-    cfg = params.TrainParams(method="stpg", stpg=params.StpgParams(**stpg))
-    context = MethodContext(num_classes=3, dataset="cityscapes", batch_size=2, num_labeled=4, iters_per_epoch=10)
+    cfg = params.section("train", method="stpg", stpg=stpg)
+    context = MethodContext(num_classes=3, dataset="cityscapes", batch_size=2, num_labeled=4, iters_per_epoch=10,
+                            **NORM)
     torch.manual_seed(0)
     return method_class("stpg")(cfg, context, lambda: build_model("resnet18", 3, proj_dim=8))
 

@@ -53,8 +53,8 @@ def test_pad_and_crop_pads_with_zero_and_ignore():
 
 def test_normalize_values():
     px = np.array([[[255, 0, 128]]], np.uint8)
-    out = transforms.normalize(px)
-    expected = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (128 / 255 - 0.406) / 0.225]
+    out = transforms.normalize(px, mean=(0.485, 0.5, 0.406), std=(0.229, 0.25, 0.225))
+    expected = [(1 - 0.485) / 0.229, (0 - 0.5) / 0.25, (128 / 255 - 0.406) / 0.225]
     np.testing.assert_allclose(out[0, 0], expected, rtol=1e-6)
 
 
@@ -64,7 +64,8 @@ def test_weak_augment_keeps_image_and_label_aligned(seed):
     h, w = 40, 60
     label = (np.arange(w)[None, :].repeat(h, 0) // 10 % 3).astype(np.uint8)
     image = np.stack([label * 100, np.zeros_like(label), np.zeros_like(label)], axis=-1).astype(np.uint8)
-    out, lab = transforms.weak_augment(image, label, (32, 32), np.random.default_rng(seed), scales=(0.5, 1.0, 2.0))
+    out, lab = transforms.weak_augment(image, label, (32, 32), np.random.default_rng(seed), scales=(0.5, 1.0, 2.0),
+                                       mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     assert out.shape == (3, 32, 32) and lab.shape == (32, 32)
     red = out[0] * 0.229 + 0.485  # back to 0..1
     valid = lab != 255

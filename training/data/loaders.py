@@ -1,4 +1,4 @@
-"""Torch datasets and the three training loaders of specs/stpg.md §2.1."""
+"""Torch datasets and the three training loaders (docs/methods/stpg.md §2)."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from training.data.cityscapes import IGNORE
 from training.data.datasets import DatasetError, read_image, read_label
-from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD, box_mask, normalize, weak_augment
+from training.data.transforms import box_mask, normalize, weak_augment
 
 
 def tiled_indices(n: int, length: int, rng: np.random.Generator) -> np.ndarray:
@@ -42,7 +42,8 @@ class EpochSampler(Sampler):
 
 
 class TrainDataset(Dataset):
-    """Weakly augmented crops. `with_label=False` for unlabeled data; `with_mask` adds a CutMix box mask.
+    """Weakly augmented crops, normalised with `mean`, `std` (data.mean / data.std). `with_label=False`
+    for unlabeled data; `with_mask` adds a CutMix box mask.
 
     For image-level supervision (LPL): `classes` (N,K) adds each image's class-presence vector, and
     `has_label` (N,) reads masks only where true, giving the other images an all-ignore label and
@@ -50,7 +51,7 @@ class TrainDataset(Dataset):
     """
 
     def __init__(self, pairs, crop_hw, length: int | None = None, scales=None, with_label=True,
-                 with_mask=False, seed: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 with_mask=False, seed: int = 0, *, mean, std,
                  classes: np.ndarray | None = None, has_label: np.ndarray | None = None):
         self.pairs = list(pairs)
         self.classes, self.has_label = classes, has_label
@@ -86,9 +87,10 @@ class TrainDataset(Dataset):
 
 
 class EvalDataset(Dataset):
-    """Whole validation images, normalised, with train-id labels."""
+    """Whole validation images, normalised with the `mean`, `std` the evaluated model records,
+    with train-id labels."""
 
-    def __init__(self, pairs, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, pairs, mean, std):
         self.pairs, self.mean, self.std = list(pairs), mean, std
 
     def __len__(self):
@@ -103,8 +105,9 @@ class EvalDataset(Dataset):
 
 def make_train_loaders(labeled, unlabeled, crop_hw, batch_size: int, scales, workers: int, seed: int,
                        start_iteration: int = 0, need_unlabeled: bool = True, pin_memory: bool = False,
-                       image_classes: dict[str, np.ndarray] | None = None):
-    """Endless labeled, unlabeled (with box masks) and mix-source iterators, all of length max(N_l, N_u).
+                       image_classes: dict[str, np.ndarray] | None = None, *, mean, std):
+    """Endless labeled, unlabeled (with box masks) and mix-source iterators, all of length max(N_l, N_u),
+    their images normalised with `mean`, `std`.
 
     With `image_classes` (image-level labels by image path, LPL's semi-and-weakly supervised
     setting) every labeled and unlabeled item carries its class-presence vector, and the unlabeled
@@ -118,11 +121,12 @@ def make_train_loaders(labeled, unlabeled, crop_hw, batch_size: int, scales, wor
         extra_weak = {"classes": presence_table(weak, image_classes),
                       "has_label": np.arange(len(weak)) < len(labeled)}
     length = max(len(labeled), len(weak)) if need_unlabeled else len(labeled)
-    datasets = {"labeled": TrainDataset(labeled, crop_hw, length, scales, seed=seed, **extra_labeled)}
+    norm = {"mean": mean, "std": std}
+    datasets = {"labeled": TrainDataset(labeled, crop_hw, length, scales, seed=seed, **norm, **extra_labeled)}
     if need_unlabeled:
         datasets["unlabeled"] = TrainDataset(weak, crop_hw, length, scales, with_label=False,
-                                             with_mask=True, seed=seed + 1, **extra_weak)
-        datasets["mix"] = TrainDataset(unlabeled, crop_hw, length, scales, with_label=False, seed=seed + 2)
+                                             with_mask=True, seed=seed + 1, **norm, **extra_weak)
+        datasets["mix"] = TrainDataset(unlabeled, crop_hw, length, scales, with_label=False, seed=seed + 2, **norm)
     iterators = {}
     for offset, (name, dataset) in enumerate(datasets.items()):
         sampler = EpochSampler(length, batch_size, seed + 1000 * offset, start_iteration)

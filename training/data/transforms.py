@@ -1,4 +1,4 @@
-"""Weak augmentation (specs/stpg.md §2.2) and CutMix box masks (§2.3).
+"""Weak augmentation and CutMix box masks (docs/methods/stpg.md §2).
 
 Written with cv2/numpy rather than torchvision.transforms.v2: the rescale is drawn from a
 discrete set and the padding must be split evenly with the mean colour, neither of which v2
@@ -13,13 +13,9 @@ import numpy as np
 
 from training.data.cityscapes import IGNORE
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-STPG_SCALES = (0.5, 0.75, 1.0, 1.5, 1.75, 2.0)
 
-
-def normalize(image_rgb: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """uint8 HxWx3 RGB -> float32 HxWx3, (x/255 - mean)/std."""
+def normalize(image_rgb: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 HxWx3 RGB -> float32 HxWx3, (x/255 - mean)/std, with data.mean / data.std (RGB)."""
     scale = np.float32(1.0 / 255.0)
     return (image_rgb.astype(np.float32) * scale - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
 
@@ -47,7 +43,7 @@ def pad_and_crop(image: np.ndarray, label: np.ndarray | None, crop_hw, rng: np.r
 
 
 def weak_augment(image_rgb: np.ndarray, label: np.ndarray | None, crop_hw, rng: np.random.Generator,
-                 scales=STPG_SCALES, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+                 scales, mean, std):
     """Flip (p=0.5), rescale by a factor from `scales`, normalise, crop; returns CHW float32 + label."""
     if rng.random() < 0.5:
         image_rgb = image_rgb[:, ::-1]

@@ -1,4 +1,4 @@
-"""Fixed class anchors: K unit vectors spread as uniformly as possible (specs/stpg.md §5.1).
+"""Fixed class anchors: K unit vectors spread as uniformly as possible (docs/methods/stpg.md §6).
 
 STPG ships its anchors as .npy files without the script that made them; they follow the
 targeted-supervised-contrastive recipe, which `uniform_anchors` re-runs: minimise the mean
@@ -19,8 +19,8 @@ from runtime.files import atomic_output
 UNIFORMITY_TEMPERATURE = 0.07
 LEARNING_RATE = 1e-3
 # Measured (seed 0, float64): K=19/21, d=256 reach a regular simplex, every pairwise cosine
-# within 1e-5 of -1/(K-1), after 5000 steps (~2.5 s on one CPU core); after 3000 steps they
-# are within 4e-4, after 2000 within 4e-3 (about the spread of STPG's shipped files).
+# within 1e-5 of -1/(K-1), after 5000 steps (seconds on one CPU core, once per cache); after
+# 3000 steps they are within 4e-4, after 2000 within 4e-3 (about the spread of STPG's shipped files).
 # The loss is computed in float64: in float32 it stops resolving improvements near the
 # optimum and the lowest-loss iterate freezes ~6e-3 away from the simplex.
 DEFAULT_STEPS = 5000

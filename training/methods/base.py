@@ -26,6 +26,8 @@ class MethodContext:
     batch_size: int
     num_labeled: int
     iters_per_epoch: int
+    mean: tuple[float, float, float]  # the input normalisation (data.mean / data.std)
+    std: tuple[float, float, float]
 
 
 class Method(nn.Module):
@@ -72,7 +74,8 @@ class Method(nn.Module):
     def make_teacher(self, student: nn.Module) -> nn.Module:
         """A fresh network holding a copy of the student's parameters, never trained by SGD.
 
-        Kept in train mode for good (batch-statistic BN, active dropout), as specs/stpg.md §1.3.
+        Kept in train mode for good (batch-statistic BN, active dropout), as STPG's code does
+        (docs/methods/stpg.md §1).
         """
         teacher = copy.deepcopy(student)
         ema.copy_params(teacher, student)
@@ -94,7 +97,7 @@ def mixed_pseudo_labels(teacher: nn.Module, u0: torch.Tensor, u1: torch.Tensor, 
     """Pseudo-labels and confidences of the teacher's logits mixed with the CutMix mask.
 
     The teacher sees the un-mixed images; mixing logits with a binary mask equals mixing its
-    labels and confidences (§2.3). Computed under inference_mode, then cloned so autograd can
+    labels and confidences. Computed under inference_mode, then cloned so autograd can
     save them as loss weights.
     """
     with torch.inference_mode():

@@ -1,5 +1,5 @@
 """Prototypes, Hungarian anchor matching, the class-wise memory bank and the dual
-anchor-contrastive loss (specs/stpg.md §4.5, §5.2-5.3).
+anchor-contrastive loss (docs/methods/stpg.md §6).
 
 Per iteration of the memory phase the reference does, in this order:
     features, labels = memory_filter(teacher_logits, gt, teacher_features)
@@ -176,7 +176,7 @@ class MemoryBank(nn.Module):
 
 def per_class_insertions(dataset: str, batch_size: int, num_labeled: int, num_classes: int,
                          memory_size: int = 256) -> int:
-    """How many features per class enter the bank per iteration (§5.3, quirks kept).
+    """How many features per class enter the bank per iteration (docs/methods/stpg.md §6, quirks kept).
 
     Cityscapes (and the synthetic set, which uses its layout): B * max(1, round(256 / N_l)).
     VOC: B * max(1, floor(K/3 * round(256 / N_l))).

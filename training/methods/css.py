@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
-from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from training.methods import contrast, ema, losses
 from training.methods.base import Method
 from training.params import ParamsError
@@ -118,7 +117,7 @@ class StrongView:
     crop, CutMix with the next image of the batch inside a half-area box, then colour jitter
     (p 0.8), Gaussian blur (p 0.5) and horizontal flip (p 0.5)."""
 
-    def __init__(self, scale_range, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    def __init__(self, scale_range, mean, std):
         self.scale_range = tuple(scale_range)
         self.mean, self.std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
         self.jitter = v2.ColorJitter(brightness=(0.75, 1.25), contrast=(0.75, 1.25), saturation=(0.75, 1.25),
@@ -175,7 +174,7 @@ class CSS(Method):
         self.teacher = self.make_teacher(self.student)
         self.prototypes = contrast.PrototypeBank(context.num_classes, self.student.projector[-1].out_channels,
                                                  momentum=p.prototype_momentum)
-        self.strong_view = StrongView(p.strong_scales)
+        self.strong_view = StrongView(p.strong_scales, context.mean, context.std)
         # The code's epochs are passes over the labelled images.
         self.labeled_epoch_iters = max(1, context.num_labeled // context.batch_size)
         for message in zero_loss_warnings(p, context.num_classes):

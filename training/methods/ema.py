@@ -1,4 +1,4 @@
-"""Exponential-moving-average teachers (specs/stpg.md §1.2-1.3).
+"""Exponential-moving-average teachers (docs/methods/stpg.md §1).
 
 Only parameters are averaged or copied: BN running buffers stay the teacher's own (STPG keeps
 its teachers in train mode, so they normalise with batch statistics anyway).

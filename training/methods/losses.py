@@ -1,4 +1,4 @@
-"""Pixel-wise segmentation losses shared by the methods (specs/stpg.md §4.1, §4.3-4.4).
+"""Pixel-wise segmentation losses shared by the methods (docs/methods/stpg.md §4).
 
 All of them stay on the device of their inputs and never synchronise with the host: counts
 and thresholds are tensors, conditions are masks. Where a loss would divide by zero (no pixel
@@ -58,7 +58,7 @@ def weighted_nll(log_probs: torch.Tensor, target: torch.Tensor, weight: torch.Te
 
 def ohem_keep_mask(logits: torch.Tensor, target: torch.Tensor, thresh: float, min_kept: int,
                    ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Pixels kept by probability-based OHEM, pooled over the batch (§4.1 steps 1-3).
+    """Pixels kept by probability-based OHEM, pooled over the batch (docs/methods/stpg.md §4).
 
     pi_p is the softmax probability of the true class. With at least `min_kept` valid pixels,
     tau = max(thresh, the min_kept-th smallest pi) and pixels with pi <= tau are kept; with

@@ -1,4 +1,4 @@
-"""Class mismatch scores and the Pro-Student's pixel selection (specs/stpg.md §4.2, §7.11).
+"""Class mismatch scores and the Pro-Student's pixel selection (docs/methods/stpg.md §5).
 
 The score of a class is (1 - precision) + (1 - recall) between two hard labelings of the same
 pixels, read off a confusion matrix; CPCL's union rule uses the same score.
@@ -38,7 +38,7 @@ def mismatch_weights(teacher_labels: torch.Tensor, student_labels: torch.Tensor,
     C gets one extra count on its diagonal (the reference appends each class once to both
     label vectors), so no row or column sum is 0. When the two labelings agree everywhere,
     sum(s) = 0 and w is all NaN, on purpose: NaN compares false, so `select_pixels` then keeps
-    only the consistent pixels, which is the reference behaviour (§7.11). CPCL passes
+    only the consistent pixels, which is the reference behaviour (docs/methods/stpg.md §5). CPCL passes
     eps = 1e-6, so there complete agreement gives w = 0 instead (docs/methods/cpcl.md).
     The score is symmetric in the two labelings, so their order does not change w.
     """

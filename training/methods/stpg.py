@@ -1,5 +1,5 @@
 """STPG: Gen/Pro students, cross-supervising EMA teachers, mismatch-score pixel selection and
-dual anchor contrast (specs/stpg.md; the code's behaviour by default, the paper's as switches).
+dual anchor contrast (docs/methods/stpg.md; params.yaml sets the code's behaviour, the paper's are switches).
 
 Roles: Gen-Student (branch 1, evaluated) learns from the Pro-Teacher on every pixel; Pro-Student
 (branch 2) learns from the Gen-Teacher on the pixels selected by the class mismatch score. Each
@@ -21,7 +21,7 @@ class STPG(Method):
         self.pro_student = build_network()  # an independent random head: the "different initialisation"
         self.gen_teacher = self.make_teacher(self.gen_student)
         self.pro_teacher = self.make_teacher(self.pro_student)
-        if not self.p.train_projection:  # §7.3: the code never optimises the projection heads
+        if not self.p.train_projection:  # docs/methods/stpg.md §1: the code never optimises the projection heads
             for student in (self.gen_student, self.pro_student):
                 student.projector.requires_grad_(False)
         k, dim = context.num_classes, self.gen_student.projector[-1].out_channels
@@ -85,7 +85,7 @@ class STPG(Method):
             logits, feats = teacher(x, return_features=True)
         features, labels = contrast.memory_filter(logits.float(), y, feats.float(), p.memory_conf_thresh)
         proximity = epoch >= p.proximity_start_epoch
-        # Insertion ranks by the assignment of the previous Hungarian step (§5.3), then the
+        # Insertion ranks by the assignment of the previous Hungarian step (docs/methods/stpg.md §6), then the
         # prototypes and the assignment move on.
         self.memory.insert(features.clone(), labels.clone(), self.insertions,
                            self.prototypes.assigned_anchors if proximity else None)

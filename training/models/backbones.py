@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 BACKBONES = ("resnet18", "resnet50", "resnet101", "resnet50_v1c", "resnet101_v1c", "mobilenet_v3_large")
 OUTPUT_STRIDES = (8, 16)
-# Per-block dilation factors of the last ResNet stage (spec §1.1), times the stage's base dilation.
+# Per-block dilation factors of the last ResNet stage (docs/methods/stpg.md §1), times the stage's base dilation.
 MULTI_GRID = (1, 2, 4)
 # Keys of checkpoint wrappers and of parameter-name prefixes added by DataParallel / a full model.
 _CHECKPOINT_WRAPPERS = ("state_dict", "model")
@@ -138,8 +138,8 @@ def _resnet_v1c(name: str, blocks: Sequence[int]) -> ResNetBackbone:
 def _set_resnet_output_stride(backbone: ResNetBackbone, output_stride: int) -> None:
     """Dilate layer4 (OS16) or layers 3 and 4 (OS8) instead of striding.
 
-    Bottleneck nets use the multi-grid (1, 2, 4) on layer4, scaled by 2 at OS16 and 4 at OS8 (spec
-    §1.1). ResNet-18's layer4 has two BasicBlocks, too few for the grid: every 3x3 conv of a dilated
+    Bottleneck nets use the multi-grid (1, 2, 4) on layer4, scaled by 2 at OS16 and 4 at OS8
+    (docs/methods/stpg.md §1). ResNet-18's layer4 has two BasicBlocks, too few for the grid: every 3x3 conv of a dilated
     layer gets that layer's dilation. torchvision's replace_stride_with_dilation cannot express the
     multi-grid nor dilate BasicBlocks, so one rule covers all ResNets.
     """

@@ -1,4 +1,4 @@
-"""DeepLabV3+ with the CPS-style ASPP and the projection head of STPG (specs/stpg.md §1.1-§1.2)."""
+"""DeepLabV3+ with the CPS-style ASPP and the projection head of STPG (docs/methods/stpg.md §1)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -139,7 +139,7 @@ class DeepLabV3Plus(nn.Module):
 
     @torch.no_grad()
     def reset_head_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Spec §1.2: Kaiming-normal (fan_in, ReLU) head convs, BN weight 1 / bias 0; conv biases keep
+        """docs/methods/stpg.md §1: Kaiming-normal (fan_in, ReLU) head convs, BN weight 1 / bias 0; conv biases keep
         the PyTorch default, so branches built alike differ only in these draws."""
         for module in self.head.modules():
             if isinstance(module, nn.Conv2d):
