@@ -334,6 +334,11 @@ class SslBenchmarkParams:
     eval_mode: str
     train: dict  # overrides of the train section
 
+    @property
+    def data_dirs(self) -> tuple[Path, Path]:
+        """Where the benchmark's prepared data and split live."""
+        return Path(self.out_dir) / "prepared", Path(self.out_dir) / "splits"
+
     def check(self, path: str) -> None:
         _at_least(path + ".labeled_ratio", self.labeled_ratio, 2)
         _at_least(path + ".warmup_iters", self.warmup_iters, 0)

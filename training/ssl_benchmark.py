@@ -1,10 +1,6 @@
-"""The semi-supervised benchmark: every arm on one low-resolution embedded split that leaves room for
-unlabeled images to help (docs/ssl_benchmark.md). DVC runs it as `ssl_prepare` -> `ssl_run@<arm>-<seed>`
--> `ssl_aggregate`; by hand:
+"""One row of the semi-supervised benchmark (docs/ssl_benchmark.md), the DVC stage `ssl_run@<arm>-<seed>`:
 
-    python -m training.ssl_benchmark prepare                 # data and split under ssl_benchmark.out_dir
-    python -m training.ssl_benchmark run --arm stpg --seed 1  # one row -> metrics/ssl/stpg-1.json
-    python -m training.ssl_summary                           # the finished rows -> metrics/ssl_benchmark.json
+    python -m training.ssl_benchmark --arm stpg --seed 1     # -> metrics/ssl/stpg-1.json
 
 A row first warms a backbone up with supervised training on the labeled images (the stand-in for the
 ImageNet weights this machine cannot download; the rows of one seed share it through its checkpoint),
@@ -17,17 +13,13 @@ import argparse
 import dataclasses
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from runtime import files
 from training import cli, params
-from training import prepare as prepare_stage
-from training import split as split_stage
 from training.data import datasets
 from training.deployable import save_atomic
 from training.engine import CheckpointError, Trainer
@@ -35,26 +27,6 @@ from training.evaluate import evaluate_model
 from training.ssl_summary import BASELINE, FULL, ROWS_DIR
 
 CHECKPOINTS = Path("checkpoints/ssl")
-
-
-def _dirs(ssl) -> tuple[Path, Path]:
-    return Path(ssl.out_dir) / "prepared", Path(ssl.out_dir) / "splits"
-
-
-def prepare(params_path: str) -> None:
-    ssl = params.load("ssl_benchmark", params_path)
-    prepared, splits_dir = _dirs(ssl)
-    data_cfg = dataclasses.replace(params.load("data", params_path), dataset="synthetic", root=None, synthetic=ssl.data)
-    num_train, num_val, _ = prepare_stage.prepare(data_cfg, prepared)
-    with tempfile.TemporaryDirectory() as tmp:  # the split stage's own code, on the benchmark's split params
-        split_params = Path(tmp) / "params.yaml"
-        split_params.write_text(yaml.safe_dump(params.merged(params.load_raw(params_path), {"split": {
-            "labeled_ratio": ssl.labeled_ratio, "seed": ssl.split_seed, "out_dir": str(splits_dir),
-            "given_labeled": None, "given_unlabeled": None}})))
-        split_stage.main(["--params", str(split_params), "--manifest", str(prepared / "manifest.json"),
-                          "--metrics", str(splits_dir / "split.json")])
-    print(f"ssl benchmark data: {num_train} train, {num_val} val images at "
-          f"{ssl.data.height}x{ssl.data.width} -> {prepared}, {splits_dir}")
 
 
 def _warm_backbone(raw: dict, ssl, seed: int, model_cfg, data_cfg, manifest, labeled) -> tuple[Path, dict]:
@@ -77,7 +49,7 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
         raise params.ParamsError(f"params: arm {arm!r} seed {seed} is not in ssl_benchmark.arms x seeds "
                                  f"({', '.join(ssl.arms)} x {ssl.seeds}); add it there first")
     model_cfg, data_cfg = params.load("model", params_path), params.load("data", params_path)
-    prepared, splits_dir = _dirs(ssl)
+    prepared, splits_dir = ssl.data_dirs
     manifest = datasets.read_manifest(prepared / "manifest.json")
     labeled = datasets.read_pairs_file(splits_dir / "labeled.txt")
     unlabeled = datasets.read_pairs_file(splits_dir / "unlabeled.txt")
@@ -128,17 +100,10 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("prepare", help="render the benchmark's data and make its split")
-    run = commands.add_parser("run", help="warm up, train and evaluate one arm and seed")
-    run.add_argument("--arm", required=True)
-    run.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--arm", required=True, help="one of ssl_benchmark.arms")
+    parser.add_argument("--seed", type=int, required=True, help="one of ssl_benchmark.seeds")
     args = parser.parse_args(argv)
-    if args.command == "prepare":
-        prepare(args.params)
-    else:
-        run_row(args.arm, args.seed, args.params)
-
+    run_row(args.arm, args.seed, args.params)
 
 if __name__ == "__main__":
     cli.run(main, CheckpointError)
