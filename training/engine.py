@@ -20,14 +20,13 @@ from tqdm import tqdm
 
 from training.data import datasets
 from training.data.loaders import image_level_fields, make_train_loaders
-from training.deployable import save_atomic
+from training.deployable import CHECKPOINT_FORMAT, save_atomic
 from training.device import resolve_device, resolve_precision
 from training.evaluate import evaluate_model
 from training.methods import MethodContext, method_class
 from training.models import build_model
 from training.schedules import poly_lr
 
-CHECKPOINT_FORMAT = "stpg-drive/train-checkpoint/1"
 # Train keys that never change what is learned: a checkpoint resumes across changes of these only.
 NOT_IDENTITY = ("out", "checkpoint_dir", "checkpoint_every", "eval_every", "log_every", "workers", "device")
 
@@ -144,7 +143,7 @@ class Trainer:
         if self.device.type == "cuda" or self.autocast_dtype is not None:
             self.method.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.method.param_groups(train_cfg.weight_decay), lr=train_cfg.lr,
-                                         momentum=train_cfg.momentum)
+                                         momentum=train_cfg.momentum, nesterov=cls.nesterov)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype == torch.float16)
         self.step_module = self.method
         if self.dist.enabled:
@@ -233,7 +232,7 @@ class Trainer:
         for iteration in bar:
             tick = time.perf_counter()
             epoch = iteration // self.iters_per_epoch
-            lr = poly_lr(cfg.lr, iteration, cfg.iters, cfg.poly_power)
+            lr = poly_lr(cfg.lr, iteration, cfg.iters, cfg.poly_power, self.method.min_lr)
             for group in self.optimizer.param_groups:  # a method may scale a group or keep it at the base rate
                 group["lr"] = (lr if group.get("poly", True) else cfg.lr) * group.get("lr_scale", 1.0)
             batch = self._batch(iterators)

@@ -16,6 +16,7 @@ from training.methods.css import (StrongView, confident_fraction, half_area_box,
 from training.methods.ema import warm_start_decay
 from training.methods.losses import IGNORE_INDEX, weighted_ce
 from training.models import build_model
+from training.schedules import poly_lr
 
 IGN = IGNORE_INDEX
 # Small draws keep the contrast cheap on the CPU; the rule is the same for 256 x 512.
@@ -332,3 +333,13 @@ def test_prototypes_pool_every_rank(tmp_path):
     mp.spawn(_pooled_update, args=(str(tmp_path),), nprocs=2)
     for rank in (0, 1):
         assert torch.load(tmp_path / f"rank{rank}.pt").tolist() == [[2.0, 0.0], [0.0, 4.0]]
+
+
+def test_css_trains_with_nesterov_sgd_and_a_floored_poly_rate(tmp_path, tiny):  # noqa: F811
+    """The official recipe: Nesterov momentum, and lr = max(lr0 (1 - t/T)^0.9, 1e-4)."""
+    t = trainer(tmp_path, tiny, method="css", iters=2, lr=0.01, css=SMALL)
+    assert all(group["nesterov"] for group in t.optimizer.param_groups)
+    t.fit()
+    # the last step (t = 1 of T = 2): 0.01 * 0.5^0.9 = 0.005359 is above the floor
+    assert t.optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(0.01, 999, 1000, 0.9, t.method.min_lr) == pytest.approx(1e-4)  # 0.01 * 0.001^0.9 = 2e-5 -> floor

@@ -33,6 +33,8 @@ class MethodContext:
 class Method(nn.Module):
     needs_unlabeled = True
     needs_image_classes = False  # image-level labels of every training image (LPL)
+    nesterov = False  # SGD with Nesterov momentum (CSS's recipe)
+    min_lr = 0.0  # floor of the poly learning rate (CSS floors it at 1e-4)
 
     def __init__(self, train_cfg, context: MethodContext, build_network):
         super().__init__()

@@ -161,6 +161,8 @@ class StrongView:
 
 
 class CSS(Method):
+    nesterov = True  # the official recipe's SGD
+    min_lr = 1e-4  # its poly schedule never goes below this
     def __init__(self, train_cfg, context, build_network):
         super().__init__(train_cfg, context, build_network)
         self.p = p = train_cfg.css
