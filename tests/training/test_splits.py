@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 from training.data import splits
+from training.data.datasets import DatasetError
 
 
 def hist(rows):
@@ -31,7 +32,7 @@ def test_stratify_takes_rare_class():
 
 
 def test_too_few_images_is_a_clear_error():
-    with pytest.raises(ValueError, match="labeled_ratio"):
+    with pytest.raises(DatasetError, match="labeled_ratio"):
         splits.make_split(np.ones((3, 2)), 8, seed=0)
 
 

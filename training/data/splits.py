@@ -32,7 +32,8 @@ def make_split(histograms: np.ndarray, ratio: int, seed: int, stratify: bool = T
     n = len(histograms)
     n_labeled = n // ratio
     if n_labeled == 0:
-        raise ValueError(f"1/{ratio} of {n} train images is no image at all; lower split.labeled_ratio")
+        raise DatasetError(f"split.labeled_ratio {ratio}: 1/{ratio} of {n} train images is no image at all; "
+                           "lower split.labeled_ratio")
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
     chosen: list[int] = []
