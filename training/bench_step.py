@@ -38,6 +38,11 @@ def time_method(method_name: str, backbone: str, crop: int, batch: int, precisio
                   "label": torch.randint(0, num_classes, (batch, crop, crop), device=device),
                   "unlabeled": tensor(batch, 3, crop, crop), "mix": tensor(batch, 3, crop, crop),
                   "mask": (torch.rand(batch, crop, crop, device=device) > 0.5).to(torch.uint8)}
+    if method.needs_image_classes:  # LPL: class-presence rows of both halves, masks on half of the second
+        batch_dict.update(image_classes=torch.rand(batch, num_classes, device=device) > 0.5,
+                          unlabeled_classes=torch.rand(batch, num_classes, device=device) > 0.5,
+                          unlabeled_label=torch.randint(0, num_classes, (batch, crop, crop), device=device),
+                          unlabeled_has_label=torch.arange(batch, device=device) < batch // 2)
     seconds = []
     for i in range(warmup + iters):
         if device.type == "cuda":
@@ -59,7 +64,7 @@ def time_method(method_name: str, backbone: str, crop: int, batch: int, precisio
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["supervised", "mean_teacher", "stpg"])
+    parser.add_argument("--methods", nargs="+", default=["supervised", "mean_teacher", "stpg", "cpcl", "css", "lpl"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--backbone", default="resnet50_v1c")
     parser.add_argument("--crop", type=int, default=128)
