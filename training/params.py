@@ -68,6 +68,8 @@ class SplitParams:
             raise ParamsError(f"{path}.labeled_ratio must be >= 1 (n means 1/n labeled), got {self.labeled_ratio}")
 
 
+# Mirrors training.methods.CLASSES (a test keeps them equal) so loading params needs no torch.
+METHOD_NAMES = ("supervised", "mean_teacher", "stpg", "cpcl", "lpl", "css")
 # Mirrors training.models.BACKBONES (a test keeps them equal) so loading params needs no torch.
 BACKBONE_NAMES = ("resnet18", "resnet50", "resnet101", "resnet50_v1c", "resnet101_v1c", "mobilenet_v3_large")
 
@@ -218,7 +220,7 @@ class TrainParams:
     css: CssParams
 
     def check(self, path: str) -> None:
-        _choice(path + ".method", self.method, ("supervised", "mean_teacher", "stpg", "cpcl", "lpl", "css"))
+        _choice(path + ".method", self.method, METHOD_NAMES)
         _choice(path + ".device", self.device, ("auto", "cpu", "cuda"))
         _choice(path + ".precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _choice(path + ".sup_loss", self.sup_loss, ("ce", "ohem"))

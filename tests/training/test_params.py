@@ -102,6 +102,16 @@ def test_backbone_names_match_the_model_factory():
     assert set(params.BACKBONE_NAMES) == set(BACKBONES)
 
 
+def test_method_names_match_the_method_registry():
+    from training.methods import CLASSES, method_class
+
+    assert set(params.METHOD_NAMES) == set(CLASSES)
+    for name in CLASSES:
+        assert method_class(name).__module__ == f"training.methods.{name}"
+    with pytest.raises(ValueError, match="unknown method 'stgp'; use one of supervised, mean_teacher"):
+        method_class("stgp")
+
+
 @pytest.mark.parametrize("text, message", [
     ("iters: 0", "params: train.iters must be >= 1, got 0"),
     ("iters: -5", "params: train.iters must be >= 1, got -5"),

@@ -1,30 +1,20 @@
-"""Training methods, each a plug-in over the shared parts (see base.Method)."""
+"""Training methods, each a plug-in over the shared parts (see base.Method), one module each."""
 from __future__ import annotations
+
+import importlib
 
 from training.methods.base import Method, MethodContext
 
+# train.method -> the class in training/methods/<name>.py (training.params.METHOD_NAMES lists the same names)
+CLASSES = {"supervised": "Supervised", "mean_teacher": "MeanTeacher", "stpg": "STPG", "cpcl": "CPCL",
+           "lpl": "LPL", "css": "CSS"}
+
 
 def method_class(name: str) -> type[Method]:
-    # Imported on demand so a method's optional dependencies load only when it is used.
-    if name == "supervised":
-        from training.methods.supervised import Supervised
-        return Supervised
-    if name == "mean_teacher":
-        from training.methods.mean_teacher import MeanTeacher
-        return MeanTeacher
-    if name == "stpg":
-        from training.methods.stpg import STPG
-        return STPG
-    if name == "cpcl":
-        from training.methods.cpcl import CPCL
-        return CPCL
-    if name == "lpl":
-        from training.methods.lpl import LPL
-        return LPL
-    if name == "css":
-        from training.methods.css import CSS
-        return CSS
-    raise ValueError(f"unknown method {name!r}; use supervised, mean_teacher, stpg, cpcl, lpl or css")
+    """Imported on demand, so a method's module loads only when it is used."""
+    if name not in CLASSES:
+        raise ValueError(f"unknown method {name!r}; use one of {', '.join(CLASSES)}")
+    return getattr(importlib.import_module(f"training.methods.{name}"), CLASSES[name])
 
 
-__all__ = ["Method", "MethodContext", "method_class"]
+__all__ = ["CLASSES", "Method", "MethodContext", "method_class"]
