@@ -60,6 +60,9 @@ def test_whole_chain_reproduces_with_tiny_params(project_copy):
     project_copy.set_params("export", input_size=[64, 128], precisions=["fp32", "int8"], calibration_images=2,
                             verify_images=2, tolerance=dict(int8_label_agreement=0.0, int8_miou_delta=100.0))
     project_copy.set_params("benchmark", warmup=1, iters=2, frames=4, threads=1)
+    project_copy.set_params("ssl_benchmark", data=dict(TINY_DATA["synthetic"], seed=0, video_fps=15), labeled_ratio=4,
+                            arms=["full", "supervised", "stpg"], seeds=[1], warmup_iters=2,
+                            train=dict(iters=4, batch_size=2, crop=[32, 64], checkpoint_every=2, workers=0))
     project_copy("dvc", "repro")
     root = project_copy.root
     read = lambda rel: json.loads((root / rel).read_text())  # noqa: E731
@@ -83,4 +86,9 @@ def test_whole_chain_reproduces_with_tiny_params(project_copy):
     assert {"model", "ops", "e2e"} <= set(bench)
     assert set(bench["model"]) == {"gen_student", "gen_student_int8"}  # every exported precision
     assert (root / "outputs/benchmark.png").stat().st_size > 0
+    ssl = read("metrics/ssl_benchmark.json")
+    assert [(row["arm"], row["seed"]) for row in ssl["rows"]] == [("full", 1), ("supervised", 1), ("stpg", 1)]
+    assert ssl["missing"] == [] and set(ssl["gate"]) == {"full_miou", "sup_miou", "headroom", "seed_spread", "passed"}
+    stpg = read("metrics/ssl/stpg-1.json")
+    assert stpg["num_labeled"] == 6 and stpg["params"]["train"]["iters"] == 4 and 0.0 <= stpg["miou"] <= 1.0
     assert "up to date" in project_copy("dvc", "status").stdout

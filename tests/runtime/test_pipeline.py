@@ -350,7 +350,8 @@ def test_real_time_run_drops_the_oldest_frames_when_inference_lags():
 
 def test_paced_real_time_source_is_released_at_its_frame_rate():
     stats = run_pipeline(frames(6), Processor(TracingEngine()), [RecordingSink()], realtime=True, pace_fps=50.0)
-    assert stats.frames_out == 6
+    # real time may drop a frame when a loaded machine is slow; every frame is still read, at its time
+    assert stats.frames_in == 6 and stats.frames_out + stats.dropped == 6
     assert stats.wall_s >= 5 / 50.0  # the sixth frame is not read before 5 periods have passed
 
 
