@@ -1,6 +1,8 @@
 """Published tables come from metrics files only (tools/report.py)."""
 import json
 
+import pytest
+
 from tools import report
 
 
@@ -64,3 +66,19 @@ def test_demo_summary_names_each_model_and_the_next_commands(tmp_path, monkeypat
     assert "models/gen_student.pt: val mIoU 12.34" in text
     assert "models/baseline.pt: val mIoU not evaluated" in text
     assert "outputs/demo_overlay.mp4 (missing)" in text and "make ssl-benchmark" in text
+
+
+def test_superseded_protocols_render_from_their_archived_rows(tmp_path, monkeypatch):
+    from training.ssl_summary import archive
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(report, "METRICS", tmp_path / "metrics")
+    folder = tmp_path / "metrics/ssl_history/1-16"
+    folder.mkdir(parents=True)
+    for arm, seed, miou in (("full", 1, 0.27), ("full", 2, 0.26), ("supervised", 1, 0.22), ("supervised", 2, 0.23)):
+        (folder / f"{arm}-{seed}.json").write_text(json.dumps(ssl_row(arm, seed, miou, 0.3)))
+    summary = archive(folder)
+    assert summary["gate"]["headroom"] == pytest.approx(0.04) and not summary["gate"]["passed"]
+    text = report.render_history()
+    assert text.startswith("#### `metrics/ssl_history/1-16`")
+    assert "= 4.00 points, seed spread 1.00: **not passed**" in text

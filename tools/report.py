@@ -18,7 +18,7 @@ from pathlib import Path
 from runtime import files
 
 METRICS = Path("metrics")
-TARGETS = {"README.md": ("ssl_benchmark", "demo", "export"), "docs/ssl_benchmark.md": ("ssl_benchmark",),
+TARGETS = {"README.md": ("ssl_benchmark", "demo", "export"), "docs/ssl_benchmark.md": ("ssl_benchmark", "ssl_history"),
            "docs/benchmarks.md": ("latency",)}
 
 
@@ -115,10 +115,28 @@ def render_latency(benchmark: dict | None) -> str:
     return re.sub(r"^# .*\n\n", "", text).replace("\n## ", "\n### ").removeprefix("## ")
 
 
+def _rows(folder: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*-*.json"))]
+
+
+def render_history() -> str:
+    """Superseded protocols (metrics/ssl_history/<name>/: their rows and summary), newest name last."""
+    folders = sorted(p.parent for p in (METRICS / "ssl_history").glob("*/summary.json"))
+    if not folders:
+        return "No superseded protocol."
+    parts = []
+    for folder in folders:
+        summary = json.loads((folder / "summary.json").read_text())
+        parts += [f"#### `{folder.relative_to(METRICS.parent).as_posix()}`", "",
+                  render_ssl_benchmark(summary, _rows(folder)), ""]
+    return "\n".join(parts)
+
+
 def blocks() -> dict[str, str]:
-    rows = [json.loads(p.read_text()) for p in sorted((METRICS / "ssl").glob("*.json"))]
+    rows = _rows(METRICS / "ssl")
     return {
         "ssl_benchmark": render_ssl_benchmark(_load("ssl_benchmark.json"), rows),
+        "ssl_history": render_history(),
         "demo": render_demo({"STPG Gen-Student (`models/gen_student.pt`)": _load("eval.json"),
                              "supervised baseline (`models/baseline.pt`)": _load("eval_baseline.json")}),
         "export": render_export(_load("export.json")),

@@ -58,10 +58,26 @@ def aggregate(params_path: str = "params.yaml") -> dict:
     return summary
 
 
+def archive(rows_dir: Path) -> dict:
+    """The summary of a superseded protocol's rows (kept in rows_dir), written beside them."""
+    rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*-*.json"))]
+    if not rows:
+        raise params.ParamsError(f"{rows_dir} holds no benchmark rows (<arm>-<seed>.json); name the folder of a superseded protocol")
+    arms = list(dict.fromkeys(row["arm"] for row in rows))
+    summary = summarise(rows, arms, sorted({row["seed"] for row in rows}))
+    files.write_json(rows_dir / "summary.json", summary)
+    return summary
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    aggregate(parser.parse_args(argv).params)
+    parser.add_argument("--archive", type=Path, help="summarise a superseded protocol's rows kept in this folder")
+    args = parser.parse_args(argv)
+    if args.archive:
+        archive(args.archive)
+    else:
+        aggregate(args.params)
 
 
 if __name__ == "__main__":
