@@ -485,6 +485,11 @@ def merged(base: dict, overrides: dict) -> dict:
     return out
 
 
+FULL_ARM = "full"  # the benchmark's upper bound: supervised training with every train image labeled
+BASELINE_ARM = "supervised"  # labeled images only
+SSL_ROWS_DIR = Path("metrics/ssl")  # one <arm>-<seed>.json per benchmark row
+
+
 def ssl_train_params(raw: dict, arm: str, seed: int) -> TrainParams:
     """The train section of one benchmark row: train, then ssl_benchmark.train, then the arm's method and seed.
 
@@ -492,5 +497,5 @@ def ssl_train_params(raw: dict, arm: str, seed: int) -> TrainParams:
     """
     overrides = (raw.get("ssl_benchmark") or {}).get("train") or {}
     row = merged(merged(raw.get("train") or {}, overrides),
-                 {"method": "supervised" if arm == "full" else arm, "seed": seed})
+                 {"method": BASELINE_ARM if arm == FULL_ARM else arm, "seed": seed})
     return build(TrainParams, row, f"ssl_benchmark.train (arm {arm})")

@@ -24,7 +24,6 @@ from training.data import datasets
 from training.deployable import save_atomic
 from training.engine import CheckpointError, Trainer
 from training.evaluate import evaluate_model
-from training.ssl_summary import BASELINE, FULL, ROWS_DIR
 
 CHECKPOINTS = Path("checkpoints/ssl")
 
@@ -32,7 +31,7 @@ CHECKPOINTS = Path("checkpoints/ssl")
 def _warm_backbone(raw: dict, ssl, seed: int, model_cfg, data_cfg, manifest, labeled) -> tuple[Path, dict]:
     """Supervised training on the labeled images only; its backbone (never its head) starts every arm."""
     folder = CHECKPOINTS / f"warmup-{seed}"
-    cfg = dataclasses.replace(params.ssl_train_params(raw, BASELINE, seed), iters=ssl.warmup_iters,
+    cfg = dataclasses.replace(params.ssl_train_params(raw, params.BASELINE_ARM, seed), iters=ssl.warmup_iters,
                               checkpoint_dir=str(folder))
     trainer = Trainer(cfg, model_cfg, manifest, labeled, [], None, live_dir=None,
                       data_params=dataclasses.asdict(ssl.data), mean=data_cfg.mean, std=data_cfg.std)
@@ -62,7 +61,7 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
     warmup_seconds = time.perf_counter() - started
 
     cfg = dataclasses.replace(params.ssl_train_params(raw, arm, seed), checkpoint_dir=str(CHECKPOINTS / f"{arm}-{seed}"))
-    if arm == FULL:
+    if arm == params.FULL_ARM:
         labeled, unlabeled = [tuple(p) for p in manifest["train"]], []
     trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, None, live_dir=f"dvclive/ssl/{arm}-{seed}",
                       data_params=identity, mean=data_cfg.mean, std=data_cfg.std)
@@ -92,8 +91,8 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
         "params": {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
                    "ssl_benchmark": {k: v for k, v in dataclasses.asdict(ssl).items() if k not in ("arms", "seeds")}},
     }
-    files.write_json(ROWS_DIR / f"{arm}-{seed}.json", row)
-    print(f"ssl benchmark {arm} seed {seed}: mIoU {100 * result['miou']:.2f} -> {ROWS_DIR / f'{arm}-{seed}.json'}")
+    files.write_json(params.SSL_ROWS_DIR / f"{arm}-{seed}.json", row)
+    print(f"ssl benchmark {arm} seed {seed}: mIoU {100 * result['miou']:.2f} -> {params.SSL_ROWS_DIR / f'{arm}-{seed}.json'}")
     return row
 
 

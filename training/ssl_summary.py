@@ -12,10 +12,7 @@ from pathlib import Path
 from runtime import files
 from training import cli, params
 
-ROWS_DIR = Path("metrics/ssl")
 SUMMARY = Path("metrics/ssl_benchmark.json")
-FULL = "full"  # the upper bound: supervised training with every train image labeled
-BASELINE = "supervised"
 GATE_POINTS = 0.05  # full-label must beat 1/n supervised by 5 mIoU points ...
 GATE_SPREADS = 3  # ... and by 3x the larger spread between two seeds
 
@@ -32,7 +29,7 @@ def summarise(rows: list[dict], arms: list[str], seeds: list[int]) -> dict:
         "arms": arms_summary,
         "missing": [f"{arm}-{seed}" for arm in arms for seed in seeds if seed not in by_arm[arm]],
     }
-    full, sup = arms_summary.get(FULL), arms_summary.get(BASELINE)
+    full, sup = arms_summary.get(params.FULL_ARM), arms_summary.get(params.BASELINE_ARM)
     if full and sup:
         headroom = full["mean"] - sup["mean"]
         spread = max(full["spread"], sup["spread"])
@@ -40,7 +37,7 @@ def summarise(rows: list[dict], arms: list[str], seeds: list[int]) -> dict:
                            "seed_spread": spread, "passed": headroom >= GATE_POINTS and headroom >= GATE_SPREADS * spread}
         if headroom > 0:
             summary["recovered"] = {arm: round((s["mean"] - sup["mean"]) / headroom, 4)
-                                    for arm, s in arms_summary.items() if arm not in (FULL, BASELINE)}
+                                    for arm, s in arms_summary.items() if arm not in (params.FULL_ARM, params.BASELINE_ARM)}
     return summary
 
 
@@ -49,7 +46,7 @@ def aggregate(params_path: str = "params.yaml") -> dict:
     rows = []
     for arm in ssl.arms:
         for seed in ssl.seeds:
-            path = ROWS_DIR / f"{arm}-{seed}.json"
+            path = params.SSL_ROWS_DIR / f"{arm}-{seed}.json"
             if path.exists():
                 rows.append(json.loads(path.read_text()))
     summary = summarise(rows, ssl.arms, ssl.seeds)
