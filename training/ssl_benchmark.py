@@ -24,6 +24,7 @@ from training.data import datasets
 from training.deployable import save_atomic
 from training.engine import CheckpointError, Trainer
 from training.evaluate import evaluate_model
+from training.train import image_classes_for
 
 CHECKPOINTS = Path("checkpoints/ssl")
 
@@ -64,7 +65,8 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
     if arm == params.FULL_ARM:
         labeled, unlabeled = [tuple(p) for p in manifest["train"]], []
     trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, None, live_dir=f"dvclive/ssl/{arm}-{seed}",
-                      data_params=identity, mean=data_cfg.mean, std=data_cfg.std)
+                      image_classes=image_classes_for(cfg.method, splits_dir, manifest), data_params=identity,
+                      mean=data_cfg.mean, std=data_cfg.std)
     started = time.perf_counter()
     history = trainer.fit()
     train_seconds = time.perf_counter() - started

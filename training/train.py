@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 from training import cli, params
 from training.data import datasets, splits
 from training.deployable import save_deployable
 from training.engine import CheckpointError, Trainer
 from training.methods import method_class
+
+
+def image_classes_for(method: str, splits_dir, manifest: dict) -> dict | None:
+    """The split's image-level labels of every training image, for the methods that learn from them (LPL)."""
+    if not method_class(method).needs_image_classes:
+        return None
+    return splits.read_image_classes(Path(splits_dir) / splits.IMAGE_CLASSES_FILE,
+                                     datasets.dataset_info(manifest["dataset"]).num_classes)
 
 
 def main(argv=None) -> None:
@@ -41,12 +50,9 @@ def main(argv=None) -> None:
     else:
         labeled = datasets.read_pairs_file(f"{args.splits}/labeled.txt")
         unlabeled = datasets.read_pairs_file(f"{args.splits}/unlabeled.txt", allow_empty=True)
-    image_classes = None
-    if method_class(cfg.method).needs_image_classes:  # LPL: image-level labels of every training image
-        image_classes = splits.read_image_classes(f"{args.splits}/{splits.IMAGE_CLASSES_FILE}",
-                                                  datasets.dataset_info(manifest["dataset"]).num_classes)
     trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, manifest["val"], args.live_dir,
-                      tuple(eval_cfg.crop), eval_cfg.mode, image_classes=image_classes, mean=data_cfg.mean,
+                      tuple(eval_cfg.crop), eval_cfg.mode, image_classes=image_classes_for(cfg.method, args.splits, manifest),
+                      mean=data_cfg.mean,
                       std=data_cfg.std)
     trainer.fit()
     if trainer.dist.is_main:
