@@ -25,7 +25,6 @@ DEMO_STAGES := evaluate evaluate_baseline export segment_demo benchmark
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro $(DEMO_STAGES)
-	$(BIN)/dvc metrics show $(addprefix metrics/,eval.json eval_baseline.json segment_demo.json)
 	$(BIN)/python -m tools.report --demo-summary
 
 # Hours on 2 cores: every row checkpoints and resumes, so run it again to continue where it stopped.
