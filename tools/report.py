@@ -44,6 +44,9 @@ ARM_NAMES = {"full": "supervised, every train image labeled (upper bound)", "sup
              "css": "CSS (EMA teacher)", "lpl": "LPL stage 1 (image-level labels on every image)"}
 
 
+GATE_VERDICT = {True: "passed", False: "not passed", None: "undecided until both arms have every seed"}
+
+
 def render_ssl_benchmark(summary: dict | None, rows: list[dict]) -> str:
     if summary is None:
         return _not_measured("make ssl-benchmark")
@@ -51,7 +54,7 @@ def render_ssl_benchmark(summary: dict | None, rows: list[dict]) -> str:
     by_arm = {}
     for row in rows:
         by_arm.setdefault(row["arm"], {})[row["seed"]] = row
-    first = rows[0] if rows else None
+    first = next((row for row in rows if row["arm"] != "full"), None)  # a row of the split, not the bound
     lines = []
     if first:
         ssl, train = first["params"]["ssl_benchmark"], first["params"]["train"]
@@ -76,7 +79,7 @@ def render_ssl_benchmark(summary: dict | None, rows: list[dict]) -> str:
     if gate:
         lines.append(f"Headroom gate: full-label {_points(gate['full_miou'])} - supervised {_points(gate['sup_miou'])} "
                      f"= {_points(gate['headroom'])} points, seed spread {_points(gate['seed_spread'])}: "
-                     f"**{'passed' if gate['passed'] else 'not passed'}** (needs >= 5 points and >= 3x the spread).")
+                     f"**{GATE_VERDICT[gate['passed']]}** (needs >= 5 points and >= 3x the spread).")
     if summary.get("missing"):
         lines.append(f"Rows still to run: {', '.join(summary['missing'])} (`make ssl-benchmark` resumes).")
     return "\n".join(lines)

@@ -34,7 +34,10 @@ def summarise(rows: list[dict], arms: list[str], seeds: list[int]) -> dict:
         headroom = full["mean"] - sup["mean"]
         spread = max(full["spread"], sup["spread"])
         summary["gate"] = {"full_miou": full["mean"], "sup_miou": sup["mean"], "headroom": round(headroom, 6),
-                           "seed_spread": spread, "passed": headroom >= GATE_POINTS and headroom >= GATE_SPREADS * spread}
+                           "seed_spread": spread,
+                           # undecided (None) until both arms have every seed: one seed has no spread
+                           "passed": (headroom >= GATE_POINTS and headroom >= GATE_SPREADS * spread)
+                           if full["seeds"] == sup["seeds"] == len(seeds) else None}
         if headroom > 0:
             summary["recovered"] = {arm: round((s["mean"] - sup["mean"]) / headroom, 4)
                                     for arm, s in arms_summary.items() if arm not in (params.FULL_ARM, params.BASELINE_ARM)}

@@ -33,6 +33,12 @@ def test_gate_fails_on_spread_and_missing_rows_are_listed():
     assert "stpg" not in summary["recovered"]
 
 
+def test_gate_is_undecided_until_both_arms_have_every_seed():
+    rows = [row("full", 1, 0.30), row("supervised", 1, 0.20), row("supervised", 2, 0.21)]
+    gate = summarise(rows, ["full", "supervised"], [1, 2])["gate"]
+    assert gate["headroom"] == pytest.approx(0.095) and gate["passed"] is None
+
+
 def test_rows_train_what_params_say(tmp_path):
     raw = params.load_raw()
     ssl = params.load("ssl_benchmark")
