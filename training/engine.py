@@ -119,6 +119,10 @@ class Trainer:
         self.live_dir, self.eval_crop, self.eval_mode, self.progress = live_dir, eval_crop, eval_mode, progress
         self.checkpoint_path = Path(train_cfg.checkpoint_dir) / "last.pt"
         self.start_iteration = 0
+        # wall time of each step and the last logged losses, kept in the checkpoint so that a resumed
+        # run still reports its whole timing and its final losses
+        self.iteration_seconds: list[float] = []
+        self.history: dict[str, float] = {}
         cls = method_class(train_cfg.method)
         if cls.needs_unlabeled and not unlabeled:
             raise datasets.DatasetError(f"method {train_cfg.method} needs unlabeled images but the split has none; "
@@ -161,15 +165,14 @@ class Trainer:
             return
         save_atomic({
             "format": CHECKPOINT_FORMAT,
-            "method": self.cfg.method,
-            "num_classes": self.info.num_classes,
-            "backbone": self.model_cfg.backbone,
             "identity": self.identity,
             "iteration": iteration,
             "method_state": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "rng": _rng_state(),
+            "iteration_seconds": self.iteration_seconds,
+            "history": self.history,
         }, self.checkpoint_path)
 
     def load_checkpoint(self) -> int:
@@ -194,6 +197,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         _set_rng_state(state["rng"])
+        self.iteration_seconds = list(state.get("iteration_seconds", []))  # absent from older checkpoints
+        self.history = dict(state.get("history", {}))
         return state["iteration"]
 
     # -- the loop -------------------------------------------------------------------------
@@ -225,10 +230,8 @@ class Trainer:
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                     if self.autocast_dtype is not None else nullcontext())
         self.method.train()
-        history: dict[str, float] = {}
         bar = tqdm(range(start, end), initial=start, total=cfg.iters, desc=cfg.method,
                    disable=not (self.progress and self.dist.is_main), dynamic_ncols=True)
-        self.iteration_seconds = []  # wall time of each step, loading included (a pause shows in one only)
         for iteration in bar:
             tick = time.perf_counter()
             epoch = iteration // self.iters_per_epoch
@@ -243,20 +246,20 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.method.update_teachers(iteration)
-            self.iteration_seconds.append(time.perf_counter() - tick)
+            self.iteration_seconds.append(time.perf_counter() - tick)  # loading included; a pause shows in one step
 
             done = iteration + 1
             validating = bool(self.val_pairs) and ((cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.iters)
             if done % cfg.log_every == 0 or done == end or validating:  # the only host syncs of the loop
-                history = {f"train/{name}": float(value.detach()) for name, value in losses.items()}
-                history["train/lr"] = lr
-                bar.set_postfix(loss=f"{history['train/loss']:.3f}", lr=f"{lr:.2e}")
+                self.history = {f"train/{name}": float(value.detach()) for name, value in losses.items()}
+                self.history["train/lr"] = lr
+                bar.set_postfix(loss=f"{self.history['train/loss']:.3f}", lr=f"{lr:.2e}")
                 if validating and self.dist.is_main:
-                    history["val/miou"] = self.validate()
-                    bar.write(f"iteration {done}: val mIoU {100 * history['val/miou']:.2f}")
+                    self.history["val/miou"] = self.validate()
+                    bar.write(f"iteration {done}: val mIoU {100 * self.history['val/miou']:.2f}")
                 if live is not None:  # logged under the number of iterations done
                     live.step = done
-                    for name, value in history.items():
+                    for name, value in self.history.items():
                         live.log_metric(name, value)
                     live.next_step()
             if done % cfg.checkpoint_every == 0 or done == end:
@@ -264,7 +267,7 @@ class Trainer:
         bar.close()
         if live is not None:
             live.end()
-        return history
+        return self.history
 
     def validate(self) -> float:
         result = evaluate_model(self.method.evaluated_network(), self.val_pairs, self.info.num_classes,

@@ -29,7 +29,7 @@ from training.train import image_classes_for
 CHECKPOINTS = Path("checkpoints/ssl")
 
 
-def _warm_backbone(raw: dict, ssl, seed: int, model_cfg, data_cfg, manifest, labeled) -> tuple[Path, dict]:
+def _warm_backbone(raw: dict, ssl, seed: int, model_cfg, data_cfg, manifest, labeled) -> tuple[Path, dict, list[float]]:
     """Supervised training on the labeled images only; its backbone (never its head) starts every arm."""
     folder = CHECKPOINTS / f"warmup-{seed}"
     cfg = dataclasses.replace(params.ssl_train_params(raw, params.BASELINE_ARM, seed), iters=ssl.warmup_iters,
@@ -39,7 +39,7 @@ def _warm_backbone(raw: dict, ssl, seed: int, model_cfg, data_cfg, manifest, lab
     trainer.fit()  # a finished warm-up is loaded from its checkpoint, not trained again
     path = folder / "backbone.pt"
     save_atomic({"state_dict": trainer.method.evaluated_network().backbone.state_dict()}, path)
-    return path, {**trainer.identity, "iters": cfg.iters}
+    return path, {**trainer.identity, "iters": cfg.iters}, trainer.iteration_seconds
 
 
 def run_row(arm: str, seed: int, params_path: str) -> dict:
@@ -55,11 +55,10 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
     unlabeled = datasets.read_pairs_file(splits_dir / "unlabeled.txt")
     identity = {"data": dataclasses.asdict(ssl.data)}
 
-    started = time.perf_counter()
+    warmup_timed: list[float] = []  # empty where the warm-up's checkpoint predates timing in checkpoints
     if ssl.warmup_iters:
-        backbone, identity["warmup"] = _warm_backbone(raw, ssl, seed, model_cfg, data_cfg, manifest, labeled)
+        backbone, identity["warmup"], warmup_timed = _warm_backbone(raw, ssl, seed, model_cfg, data_cfg, manifest, labeled)
         model_cfg = dataclasses.replace(model_cfg, pretrained=str(backbone))
-    warmup_seconds = time.perf_counter() - started
 
     cfg = dataclasses.replace(params.ssl_train_params(raw, arm, seed), checkpoint_dir=str(CHECKPOINTS / f"{arm}-{seed}"))
     if arm == params.FULL_ARM:
@@ -67,10 +66,10 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
     trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, None, live_dir=f"dvclive/ssl/{arm}-{seed}",
                       image_classes=image_classes_for(cfg.method, splits_dir, manifest), data_params=identity,
                       mean=data_cfg.mean, std=data_cfg.std)
-    started = time.perf_counter()
     history = trainer.fit()
-    train_seconds = time.perf_counter() - started
-    timed = cfg.iters - trainer.start_iteration
+    # every iteration the row trained, over all the processes that resumed it (a checkpoint keeps the
+    # times), so pauses between processes and checkpoint writes do not count
+    timed = trainer.iteration_seconds
 
     started = time.perf_counter()
     result = evaluate_model(trainer.method.evaluated_network(), manifest["val"], trainer.info.num_classes,
@@ -83,11 +82,9 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
                           for name, v in zip(trainer.info.classes, result["per_class_iou"])},
         "num_labeled": len(labeled), "num_unlabeled": len(unlabeled), "iters": cfg.iters,
         "precision": str(trainer.autocast_dtype or torch.float32).removeprefix("torch."),
-        # median over the iterations this process trained (all of them unless it resumed), so a paused
-        # process or a checkpoint write does not count
-        "seconds_per_iteration": round(statistics.median(trainer.iteration_seconds), 4) if timed else None,
-        "iterations_timed": timed, "train_seconds": round(train_seconds, 1),
-        "warmup_seconds": round(warmup_seconds, 1), "eval_seconds": round(time.perf_counter() - started, 1),
+        "seconds_per_iteration": round(statistics.median(timed), 4) if timed else None,
+        "iterations_timed": len(timed), "train_seconds": round(sum(timed), 1),
+        "warmup_seconds": round(sum(warmup_timed), 1) if warmup_timed else None, "eval_seconds": round(time.perf_counter() - started, 1),
         "threads": torch.get_num_threads(), "load_average": [round(x, 2) for x in os.getloadavg()],
         "final_losses": {k.removeprefix("train/"): round(v, 5) for k, v in history.items()},
         "params": {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),

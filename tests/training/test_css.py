@@ -10,7 +10,7 @@ import torch.multiprocessing as mp
 from tests.training.test_engine import NORM, tiny, trainer  # noqa: F401  (tiny is a fixture)
 from training import params
 from training.methods import MethodContext, method_class
-from training.methods.contrast import PrototypeBank, negative_class_probabilities, prototype_infonce_loss
+from training.methods.contrast import PrototypeBank, _info_nce, negative_class_probabilities, prototype_infonce_loss
 from training.methods.css import (StrongView, confident_fraction, half_area_box, pseudo_targets, quantized,
                                   representation_labels, representation_probability_range, zero_loss_warnings)
 from training.methods.ema import warm_start_decay
@@ -200,6 +200,23 @@ def test_s3_class_without_hard_anchor_still_counts_in_the_denominator():
     loss.backward()
     assert features.grad[..., 1].abs().sum() == 0  # no anchor there; keys carry no gradient
     assert features.grad[..., 0].abs().sum() > 0
+
+
+def test_infonce_picks_the_same_cosines_as_gathering_the_keys():
+    """The (Q, P) product then a pick equals dotting each anchor with its gathered (N, D) keys,
+    repeated and shared keys included, in value and in the anchors' gradient."""
+    generator = torch.Generator().manual_seed(0)
+    anchors = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=1).requires_grad_()
+    keys = torch.nn.functional.normalize(torch.randn(5, 8, generator=generator), dim=1)
+    positive = torch.nn.functional.normalize(torch.randn(8, generator=generator), dim=0)
+    negative_index = torch.randint(0, 5, (6, 7), generator=generator)
+    loss = _info_nce(anchors, positive, keys, negative_index, 0.5)
+    (grad,) = torch.autograd.grad(loss, anchors)
+    logits = torch.cat([(anchors @ positive)[:, None], torch.einsum("qd,qnd->qn", anchors, keys[negative_index])], 1) / 0.5
+    reference = (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    (reference_grad,) = torch.autograd.grad(reference, anchors)
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(grad, reference_grad, rtol=1e-5, atol=1e-6)
 
 
 def test_s3_one_class_present_gives_zero():

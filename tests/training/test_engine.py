@@ -75,6 +75,17 @@ def test_resume_is_exact(tmp_path, tiny):
     assert int(b["memory.counts"].sum()) > 0  # the memory bank was filled and resumed too
 
 
+def test_resumed_run_keeps_the_timing_and_losses_of_every_iteration(tmp_path, tiny):
+    first = trainer(tmp_path, tiny)
+    first.fit(stop_after=2)
+    resumed = trainer(tmp_path, tiny)
+    history = resumed.fit()
+    assert resumed.start_iteration == 2 and len(resumed.iteration_seconds) == 4
+    assert resumed.iteration_seconds[:2] == first.iteration_seconds  # the first process's steps, from the checkpoint
+    finished = trainer(tmp_path, tiny)  # nothing left to train: timing and losses come from the checkpoint
+    assert finished.fit() == history and finished.iteration_seconds == resumed.iteration_seconds
+
+
 @pytest.mark.parametrize("change", [dict(method="mean_teacher"), dict(iters=3), dict(lr=0.02)])
 def test_checkpoint_of_another_run_is_not_resumed(tmp_path, tiny, capsys, change):
     """A finished 2-iteration run must not stamp its weights as a run with other settings."""

@@ -330,8 +330,13 @@ def _uniform_members(grouped, classes: torch.Tensor) -> torch.Tensor:
 
 
 def _info_nce(anchors, positive, keys, negative_index, temperature: float) -> torch.Tensor:
-    """mean_q -log softmax([a_q.p, a_q.n_q1, ..., a_q.n_qK] / t)[0] over unit vectors."""
-    negatives = torch.einsum("qd,qkd->qk", anchors, keys[negative_index])
+    """mean_q -log softmax([a_q.p, a_q.n_q1, ..., a_q.n_qN] / t)[0] over unit vectors.
+
+    The anchor-key cosines are one (Q, P) product over every key pixel, then picked out by
+    `negative_index` (Q, N): one matrix product instead of a gathered (Q, N, D) block of keys,
+    which costs memory traffic rather than arithmetic (bench: `python -m training.bench_step`).
+    """
+    negatives = (anchors @ keys.T).gather(1, negative_index)
     logits = torch.cat([(anchors @ positive)[:, None], negatives], dim=1) / temperature
     return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
 
@@ -350,8 +355,8 @@ def prototype_infonce_loss(features: torch.Tensor, labels: torch.Tensor, hard: t
     InfoNCE of cosines over `temperature` with the prototype as the positive. The sum of class
     losses is divided by the number of present classes, classes without hard pixels included,
     and the loss is 0 with at most one class present. Every draw is a device tensor, so nothing
-    syncs; each class's keys are gathered again in backward (checkpoint) rather than kept, which
-    bounds memory to one class's (Q, K, D) block.
+    syncs; each class's anchor-key cosines are computed again in backward (checkpoint) rather than
+    kept, which bounds memory to one class's (Q, P) block for P key pixels.
     """
     num_classes = prototypes.shape[0]
     with torch.autocast(features.device.type, enabled=False):
