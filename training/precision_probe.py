@@ -68,8 +68,8 @@ def probe(arm: str, seed: int, params_path: str, images: int, confident: float) 
               "val_miou": miou, "unlabeled_images": len(unlabeled), "confident_threshold": confident,
               "teachers": teachers}
     files.write_json(OUT_DIR / f"{arm}-{seed}.json", result)
-    print(f"{arm}-{seed}: val mIoU fp32 {100 * miou['fp32']:.2f}, bf16 {100 * miou['bf16']:.2f}; "
-          + "; ".join(f"teacher {t['teacher']}: {100 * t['differ']:.2f} % of labels differ" for t in teachers))
+    print("; ".join([f"{arm}-{seed}: val mIoU fp32 {100 * miou['fp32']:.3f}, bf16 {100 * miou['bf16']:.3f}"]
+                    + [f"teacher {t['teacher']}: {100 * t['differ']:.2f} % of labels differ" for t in teachers]))
     return result
 
 
