@@ -11,8 +11,6 @@ training in bf16 costs accuracy is answered by rows trained with `train.precisio
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from runtime import files
@@ -21,7 +19,7 @@ from training.engine import CheckpointError
 from training.data.datasets import read_image
 from training.data.transforms import normalize
 from training.evaluate import evaluate_model
-from training.ssl_benchmark import build_row
+from training.ssl_benchmark import build_row, row_parser
 
 OUT_DIR = params.SSL_ROWS_DIR.parent / "ssl_precision"
 
@@ -74,10 +72,7 @@ def probe(arm: str, seed: int, params_path: str, images: int, confident: float) 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--arm", required=True, help="one of ssl_benchmark.arms")
-    parser.add_argument("--seed", type=int, required=True, help="one of ssl_benchmark.seeds")
+    parser = row_parser(__doc__)
     parser.add_argument("--images", type=int, default=64, help="unlabeled images the teachers label")
     parser.add_argument("--confident", type=float, default=0.95, help="fp32 confidence of a 'confident' pixel")
     args = parser.parse_args(argv)

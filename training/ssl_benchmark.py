@@ -114,13 +114,19 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
     return row
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def row_parser(description: str) -> argparse.ArgumentParser:
+    """The command line that names one row: --arm, --seed and the params file."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--arm", required=True, help="one of ssl_benchmark.arms")
     parser.add_argument("--seed", type=int, required=True, help="one of ssl_benchmark.seeds")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = row_parser(__doc__).parse_args(argv)
     run_row(args.arm, args.seed, args.params)
+
 
 if __name__ == "__main__":
     cli.run(main, CheckpointError)
