@@ -85,3 +85,14 @@ def test_superseded_protocols_render_from_their_archived_rows(tmp_path, monkeypa
     text = report.render_history()
     assert text.startswith("#### `metrics/ssl_history/1-16`")
     assert "= 4.00 points, seed spread 1.00: **not passed**" in text
+
+
+def test_precision_table_from_a_hand_made_probe():
+    probe = {"arm": "stpg", "seed": 1, "trained_in": "bfloat16", "val_miou": {"fp32": 0.254321, "bf16": 0.25401},
+             "unlabeled_images": 64, "confident_threshold": 0.95,
+             "teachers": [{"teacher": 0, "differ": 0.01234, "confident": 0.8, "differ_confident": 0.001},
+                          {"teacher": 1, "differ": 0.02, "confident": 0.5, "differ_confident": None}]}
+    text = report.render_precision([probe])
+    assert "| stpg-1 | bfloat16 | 25.432 | 25.401 | 0 | 1.23 % | 80.00 % | 0.10 % |" in text
+    assert "| stpg-1 | bfloat16 | 25.432 | 25.401 | 1 | 2.00 % | 50.00 % | - |" in text
+    assert report.arm_name("stpg_fp32") == "STPG (Gen-Student), trained in fp32"

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from runtime import files
+from training import params
 
 METRICS = Path("metrics")
 TARGETS = {"README.md": ("ssl_benchmark", "demo", "export"), "docs/ssl_benchmark.md": ("ssl_benchmark", "ssl_precision", "ssl_history"),
@@ -60,6 +61,11 @@ ARM_NAMES = {"full": "supervised, every train image labeled (upper bound)", "sup
              "css": "CSS (EMA teacher)", "lpl": "LPL stage 1 (image-level labels on every image)"}
 
 
+def arm_name(arm: str) -> str:
+    base, precision = params.split_arm(arm)
+    return ARM_NAMES.get(base, base) + (f", trained in {precision}" if precision else "")
+
+
 GATE_VERDICT = {True: "passed", False: "not passed", None: "undecided until both arms have every seed"}
 
 
@@ -90,7 +96,7 @@ def render_ssl_benchmark(summary: dict | None, rows: list[dict]) -> str:
                              for s in seeds)
         minutes = " / ".join(_minutes(per_seed.get(s)) for s in seeds)
         share = f"{100 * recovered[arm]:.0f} %" if arm in recovered else "-"
-        lines.append(f"| {ARM_NAMES.get(arm, arm)} | " + " | ".join(cells)
+        lines.append(f"| {arm_name(arm)} | " + " | ".join(cells)
                      + f" | {_points(stats['mean'])} | {_points(stats['spread'])} | {share} | {timings} | {minutes} |")
     gate = summary.get("gate")
     lines.append("")
@@ -161,7 +167,8 @@ def render_precision(probes: list[dict]) -> str:
              "confident pixels (fp32) | confident labels that differ |", "|---|---|---|---|---|---|---|---|"]
     for probe in probes:
         row = f"{probe['arm']}-{probe['seed']}"
-        head = f"| {row} | {probe['trained_in']} | {_points(probe['val_miou']['fp32'])} | {_points(probe['val_miou']['bf16'])} |"
+        fp32, bf16 = (_figure(100 * probe["val_miou"][p], "{:.3f}") for p in ("fp32", "bf16"))
+        head = f"| {row} | {probe['trained_in']} | {fp32} | {bf16} |"
         for teacher in probe["teachers"] or [{"teacher": "-", "differ": None, "confident": None, "differ_confident": None}]:
             lines.append(f"{head} {teacher['teacher']} | {_percent(teacher['differ'])} | {_percent(teacher['confident'])} | "
                          f"{_percent(teacher['differ_confident'])} |")

@@ -73,7 +73,7 @@ def build_row(arm: str, seed: int, params_path: str) -> Row:
         model_cfg = dataclasses.replace(model_cfg, pretrained=str(backbone))
 
     cfg = dataclasses.replace(params.ssl_train_params(raw, arm, seed), checkpoint_dir=str(CHECKPOINTS / f"{arm}-{seed}"))
-    if arm == params.FULL_ARM:
+    if params.split_arm(arm)[0] == params.FULL_ARM:
         labeled, unlabeled = [tuple(p) for p in manifest["train"]], []
     trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, None, live_dir=f"dvclive/ssl/{arm}-{seed}",
                       image_classes=image_classes_for(cfg.method, splits_dir, manifest), data_params=identity,
