@@ -20,7 +20,7 @@ import torch
 import torch.onnx._constants
 
 from runtime.contract import ModelContract
-from runtime.files import atomic_output
+from runtime import files
 from runtime.engines.torch_engine import CONTRACT_FILE as TORCHSCRIPT_CONTRACT_FILE
 
 MIN_OPSET = 17
@@ -117,7 +117,7 @@ def read_contract(path: str | Path) -> ModelContract:
 def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     """Check the graph, then write it atomically."""
     onnx.checker.check_model(model)
-    with atomic_output(path) as tmp:
+    with files.atomic_output(path) as tmp:
         onnx.save(model, str(tmp))
     return Path(path)
 
@@ -163,8 +163,11 @@ def export_torchscript(model: torch.nn.Module, contract: ModelContract, path: st
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         traced = torch.jit.trace(wrapper, (example_input(contract),), check_trace=False)
-        with atomic_output(path) as tmp:
-            torch.jit.save(traced, str(tmp), _extra_files=extra)
+    # serialised in memory, then written by Python: torch's own file writer reports a full disk as a
+    # RuntimeError that names neither the file nor the fault
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files=extra)
+    files.write_bytes(path, buffer.getvalue())
     return Path(path)
 
 

@@ -31,7 +31,11 @@ def create_temp(folder: str | os.PathLike, suffix: str = ".tmp") -> Path:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
+
+    A write fault inside the block that names no file, or names the temporary one, is raised
+    again naming `path`, so the one-line error says which output could not be written.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = create_temp(path.parent)
@@ -43,6 +47,11 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(temp, path)
+    except OSError as exc:
+        temp.unlink(missing_ok=True)
+        if exc.errno is None or exc.filename not in (None, str(temp)):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc  # OSError(errno) picks the subclass
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

@@ -6,9 +6,10 @@ import pytest
 from tools import report
 
 
-def ssl_row(arm, seed, miou, seconds):
+def ssl_row(arm, seed, miou, seconds, timed=2000):
     return {"arm": arm, "method": "supervised" if arm == "full" else arm, "seed": seed, "miou": miou,
-            "seconds_per_iteration": seconds, "num_labeled": 25, "num_unlabeled": 375, "precision": "bfloat16",
+            "seconds_per_iteration": seconds, "iterations_timed": timed, "iters": 2000,
+            "train_seconds": round(seconds * timed, 1), "num_labeled": 25, "num_unlabeled": 375, "precision": "bfloat16",
             "params": {"ssl_benchmark": {"data": {"height": 128, "width": 256, "num_val": 100}, "labeled_ratio": 16,
                                          "warmup_iters": 500},
                        "train": {"iters": 2000, "batch_size": 8, "crop": [64, 128]}, "model": {"backbone": "resnet18"}}}
@@ -20,7 +21,7 @@ def test_readme_and_docs_blocks_match_the_committed_metrics():
 
 def test_ssl_table_from_hand_made_rows():
     rows = [ssl_row("full", 1, 0.30, 0.2), ssl_row("full", 2, 0.32, 0.21),
-            ssl_row("supervised", 1, 0.20, 0.2), ssl_row("supervised", 2, 0.21, 0.19),
+            ssl_row("supervised", 1, 0.20, 0.2, timed=600), ssl_row("supervised", 2, 0.21, 0.19),
             ssl_row("stpg", 1, 0.25, 0.9)]
     summary = {"arms": {"full": {"mean": 0.31, "spread": 0.02, "seeds": 2},
                         "supervised": {"mean": 0.205, "spread": 0.01, "seeds": 2},
@@ -28,8 +29,10 @@ def test_ssl_table_from_hand_made_rows():
                "gate": {"full_miou": 0.31, "sup_miou": 0.205, "headroom": 0.105, "seed_spread": 0.02, "passed": True},
                "recovered": {"stpg": 0.4286}, "missing": ["stpg-2"]}
     text = report.render_ssl_benchmark(summary, rows)
-    assert "| STPG (Gen-Student) | 25.00 | - | 25.00 | 0.00 | 43 % | 0.900 |" in text
-    assert "| supervised, labeled images only | 20.00 | 21.00 | 20.50 | 1.00 | - | 0.190 |" in text
+    # 0.9 s x 2000 iterations = 30 minutes; a row resumed from an untimed checkpoint says what was timed
+    assert "| STPG (Gen-Student) | 25.00 | - | 25.00 | 0.00 | 43 % | 0.900 / - | 30 / - |" in text
+    assert ("| supervised, labeled images only | 20.00 | 21.00 | 20.50 | 1.00 | - | 0.200 / 0.190 "
+            "| 2 (600 of 2000 it) / 6 |") in text
     assert "= 10.50 points, seed spread 2.00: **passed**" in text
     assert "Rows still to run: stpg-2" in text
     assert text.startswith("25 labeled / 375 unlabeled synthetic images at 128x256 (1/16)")
@@ -82,3 +85,14 @@ def test_superseded_protocols_render_from_their_archived_rows(tmp_path, monkeypa
     text = report.render_history()
     assert text.startswith("#### `metrics/ssl_history/1-16`")
     assert "= 4.00 points, seed spread 1.00: **not passed**" in text
+
+
+def test_precision_table_from_a_hand_made_probe():
+    probe = {"arm": "stpg", "seed": 1, "trained_in": "bfloat16", "val_miou": {"fp32": 0.254321, "bf16": 0.25401},
+             "unlabeled_images": 64, "confident_threshold": 0.95,
+             "teachers": [{"teacher": 0, "differ": 0.01234, "confident": 0.8, "differ_confident": 0.001},
+                          {"teacher": 1, "differ": 0.02, "confident": 0.5, "differ_confident": None}]}
+    text = report.render_precision([probe])
+    assert "| stpg-1 | bfloat16 | 25.432 | 25.401 | 0 | 1.23 % | 80.00 % | 0.10 % |" in text
+    assert "| stpg-1 | bfloat16 | 25.432 | 25.401 | 1 | 2.00 % | 50.00 % | - |" in text
+    assert report.arm_name("stpg_fp32") == "STPG (Gen-Student), trained in fp32"

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 from runtime import files
+from training import params
 
 METRICS = Path("metrics")
-TARGETS = {"README.md": ("ssl_benchmark", "demo", "export"), "docs/ssl_benchmark.md": ("ssl_benchmark", "ssl_history"),
+TARGETS = {"README.md": ("ssl_benchmark", "demo", "export"), "docs/ssl_benchmark.md": ("ssl_benchmark", "ssl_precision", "ssl_history"),
            "docs/benchmarks.md": ("latency",)}
 
 
@@ -29,6 +30,22 @@ def _load(name: str) -> dict | None:
 
 def _points(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.2f}"
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:.2f} %"
+
+
+def _figure(value: float | None, form: str) -> str:
+    return "-" if value is None else form.format(value)
+
+
+def _minutes(row: dict | None) -> str:
+    """Summed step time of a row; a row whose first process's steps went untimed says how many were."""
+    if row is None or not row.get("iterations_timed"):
+        return "-"
+    partial = f" ({row['iterations_timed']} of {row['iters']} it)" if row["iterations_timed"] < row["iters"] else ""
+    return f"{row['train_seconds'] / 60:.0f}{partial}"
 
 
 def _delta(value: float | None) -> str:
@@ -42,6 +59,11 @@ def _not_measured(command: str) -> str:
 ARM_NAMES = {"full": "supervised, every train image labeled (upper bound)", "supervised": "supervised, labeled images only",
              "mean_teacher": "mean teacher", "stpg": "STPG (Gen-Student)", "cpcl": "CPCL (N1)",
              "css": "CSS (EMA teacher)", "lpl": "LPL stage 1 (image-level labels on every image)"}
+
+
+def arm_name(arm: str) -> str:
+    base, precision = params.split_arm(arm)
+    return ARM_NAMES.get(base, base) + (f", trained in {precision}" if precision else "")
 
 
 GATE_VERDICT = {True: "passed", False: "not passed", None: "undecided until both arms have every seed"}
@@ -63,17 +85,19 @@ def render_ssl_benchmark(summary: dict | None, rows: list[dict]) -> str:
                   f"images evaluated whole; {first['params']['model']['backbone']} DeepLabV3+, {train['iters']} iterations, "
                   f"batch {train['batch_size']}, crop {train['crop'][0]}x{train['crop'][1]}, {first['precision']}; "
                   f"every arm starts from a {ssl['warmup_iters']}-iteration supervised warm-up on the labeled images.", ""]
-    lines += ["| arm | " + " | ".join(f"mIoU seed {s}" for s in seeds) + " | mean | spread | gap recovered | s/iteration |",
-              "|---|" + "---|" * len(seeds) + "---|---|---|---|"]
+    lines += ["| arm | " + " | ".join(f"mIoU seed {s}" for s in seeds)
+              + " | mean | spread | gap recovered | s/iteration, per seed | training minutes, per seed |",
+              "|---|" + "---|" * len(seeds) + "---|---|---|---|---|"]
     recovered = summary.get("recovered", {})
     for arm, per_seed in by_arm.items():
         stats = summary["arms"][arm]
         cells = [_points(per_seed[s]["miou"]) if s in per_seed else "-" for s in seeds]
-        timings = [r["seconds_per_iteration"] for r in per_seed.values() if r.get("seconds_per_iteration")]
+        timings = " / ".join(_figure(per_seed[s].get("seconds_per_iteration") if s in per_seed else None, "{:.3f}")
+                             for s in seeds)
+        minutes = " / ".join(_minutes(per_seed.get(s)) for s in seeds)
         share = f"{100 * recovered[arm]:.0f} %" if arm in recovered else "-"
-        lines.append(f"| {ARM_NAMES.get(arm, arm)} | " + " | ".join(cells)
-                     + f" | {_points(stats['mean'])} | {_points(stats['spread'])} | {share} | "
-                     + (f"{min(timings):.3f}" if timings else "-") + " |")
+        lines.append(f"| {arm_name(arm)} | " + " | ".join(cells)
+                     + f" | {_points(stats['mean'])} | {_points(stats['spread'])} | {share} | {timings} | {minutes} |")
     gate = summary.get("gate")
     lines.append("")
     if gate:
@@ -135,11 +159,31 @@ def render_history() -> str:
     return "\n".join(parts)
 
 
+def render_precision(probes: list[dict]) -> str:
+    """bf16 against fp32 on trained rows (training.precision_probe)."""
+    if not probes:
+        return _not_measured("python -m training.precision_probe --arm stpg --seed 1")
+    lines = ["| row | trained in | val mIoU fp32 | val mIoU bf16 | teacher | labels that differ | "
+             "confident pixels (fp32) | confident labels that differ |", "|---|---|---|---|---|---|---|---|"]
+    for probe in probes:
+        row = f"{probe['arm']}-{probe['seed']}"
+        fp32, bf16 = (_figure(100 * probe["val_miou"][p], "{:.3f}") for p in ("fp32", "bf16"))
+        head = f"| {row} | {probe['trained_in']} | {fp32} | {bf16} |"
+        for teacher in probe["teachers"] or [{"teacher": "-", "differ": None, "confident": None, "differ_confident": None}]:
+            lines.append(f"{head} {teacher['teacher']} | {_percent(teacher['differ'])} | {_percent(teacher['confident'])} | "
+                         f"{_percent(teacher['differ_confident'])} |")
+    first = probes[0]
+    lines += ["", f"Teachers label the first {first['unlabeled_images']} unlabeled images in both precisions (eval mode); "
+              f"a confident pixel has fp32 confidence >= {first['confident_threshold']}."]
+    return "\n".join(lines)
+
+
 def blocks() -> dict[str, str]:
     rows = _rows(METRICS / "ssl")
     return {
         "ssl_benchmark": render_ssl_benchmark(_load("ssl_benchmark.json"), rows),
         "ssl_history": render_history(),
+        "ssl_precision": render_precision(_rows(METRICS / "ssl_precision")),
         "demo": render_demo({"STPG Gen-Student (`models/gen_student.pt`)": _load("eval.json"),
                              "supervised baseline (`models/baseline.pt`)": _load("eval_baseline.json")}),
         "export": render_export(_load("export.json")),

@@ -490,12 +490,25 @@ BASELINE_ARM = "supervised"  # labeled images only
 SSL_ROWS_DIR = Path("metrics/ssl")  # one <arm>-<seed>.json per benchmark row
 
 
+ARM_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def split_arm(arm: str) -> tuple[str, str | None]:
+    """(the arm, its precision suffix or None): `stpg_fp32` -> ("stpg", "fp32"), `mean_teacher` -> ("mean_teacher", None)."""
+    base, _, suffix = arm.rpartition("_")
+    return (base, suffix) if base and suffix in ARM_PRECISIONS else (arm, None)
+
+
 def ssl_train_params(raw: dict, arm: str, seed: int) -> TrainParams:
     """The train section of one benchmark row: train, then ssl_benchmark.train, then the arm's method and seed.
 
-    The arm `full` is supervised training with every train image labeled (the upper bound).
+    The arm `full` is supervised training with every train image labeled (the upper bound). An arm
+    with a precision suffix (`stpg_fp32`) is that arm trained in that precision: the same protocol
+    with one thing changed, so its rows measure what the precision costs.
     """
+    base, precision = split_arm(arm)
     overrides = (raw.get("ssl_benchmark") or {}).get("train") or {}
     row = merged(merged(raw.get("train") or {}, overrides),
-                 {"method": BASELINE_ARM if arm == FULL_ARM else arm, "seed": seed})
+                 {"method": BASELINE_ARM if base == FULL_ARM else base, "seed": seed,
+                  **({"precision": precision} if precision else {})})
     return build(TrainParams, row, f"ssl_benchmark.train (arm {arm})")

@@ -42,7 +42,19 @@ def _warm_backbone(raw: dict, ssl, seed: int, model_cfg, data_cfg, manifest, lab
     return path, {**trainer.identity, "iters": cfg.iters}, trainer.iteration_seconds
 
 
-def run_row(arm: str, seed: int, params_path: str) -> dict:
+@dataclasses.dataclass
+class Row:
+    """A row's trainer, not yet fitted, with what its metrics need."""
+    trainer: Trainer
+    ssl: params.SslBenchmarkParams
+    manifest: dict
+    num_labeled: int
+    num_unlabeled: int
+    warmup_timed: list[float]  # empty where the warm-up's checkpoint predates timing in checkpoints
+
+
+def build_row(arm: str, seed: int, params_path: str) -> Row:
+    """The row's trainer (after its warm-up), as `ssl_run@<arm>-<seed>` trains it."""
     raw = params.load_raw(params_path)
     ssl = params.load("ssl_benchmark", params_path)
     if arm not in ssl.arms or seed not in ssl.seeds:
@@ -55,21 +67,27 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
     unlabeled = datasets.read_pairs_file(splits_dir / "unlabeled.txt")
     identity = {"data": dataclasses.asdict(ssl.data)}
 
-    warmup_timed: list[float] = []  # empty where the warm-up's checkpoint predates timing in checkpoints
+    warmup_timed: list[float] = []
     if ssl.warmup_iters:
         backbone, identity["warmup"], warmup_timed = _warm_backbone(raw, ssl, seed, model_cfg, data_cfg, manifest, labeled)
         model_cfg = dataclasses.replace(model_cfg, pretrained=str(backbone))
 
     cfg = dataclasses.replace(params.ssl_train_params(raw, arm, seed), checkpoint_dir=str(CHECKPOINTS / f"{arm}-{seed}"))
-    if arm == params.FULL_ARM:
+    if params.split_arm(arm)[0] == params.FULL_ARM:
         labeled, unlabeled = [tuple(p) for p in manifest["train"]], []
     trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, None, live_dir=f"dvclive/ssl/{arm}-{seed}",
                       image_classes=image_classes_for(cfg.method, splits_dir, manifest), data_params=identity,
                       mean=data_cfg.mean, std=data_cfg.std)
+    return Row(trainer, ssl, manifest, len(labeled), len(unlabeled), warmup_timed)
+
+
+def run_row(arm: str, seed: int, params_path: str) -> dict:
+    built = build_row(arm, seed, params_path)
+    trainer, ssl, manifest, cfg = built.trainer, built.ssl, built.manifest, built.trainer.cfg
     history = trainer.fit()
     # every iteration the row trained, over all the processes that resumed it (a checkpoint keeps the
     # times), so pauses between processes and checkpoint writes do not count
-    timed = trainer.iteration_seconds
+    timed, warmup_timed = trainer.iteration_seconds, built.warmup_timed
 
     started = time.perf_counter()
     result = evaluate_model(trainer.method.evaluated_network(), manifest["val"], trainer.info.num_classes,
@@ -80,14 +98,15 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
         "miou": round(result["miou"], 6),
         "per_class_iou": {name: None if v != v else round(float(v), 6)
                           for name, v in zip(trainer.info.classes, result["per_class_iou"])},
-        "num_labeled": len(labeled), "num_unlabeled": len(unlabeled), "iters": cfg.iters,
+        "num_labeled": built.num_labeled, "num_unlabeled": built.num_unlabeled, "iters": cfg.iters,
         "precision": str(trainer.autocast_dtype or torch.float32).removeprefix("torch."),
         "seconds_per_iteration": round(statistics.median(timed), 4) if timed else None,
         "iterations_timed": len(timed), "train_seconds": round(sum(timed), 1),
-        "warmup_seconds": round(sum(warmup_timed), 1) if warmup_timed else None, "eval_seconds": round(time.perf_counter() - started, 1),
+        "warmup_seconds": round(sum(warmup_timed), 1) if warmup_timed else None,
+        "eval_seconds": round(time.perf_counter() - started, 1),
         "threads": torch.get_num_threads(), "load_average": [round(x, 2) for x in os.getloadavg()],
         "final_losses": {k.removeprefix("train/"): round(v, 5) for k, v in history.items()},
-        "params": {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
+        "params": {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(trainer.model_cfg),
                    "ssl_benchmark": {k: v for k, v in dataclasses.asdict(ssl).items() if k not in ("arms", "seeds")}},
     }
     files.write_json(params.SSL_ROWS_DIR / f"{arm}-{seed}.json", row)
@@ -95,13 +114,19 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
     return row
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def row_parser(description: str) -> argparse.ArgumentParser:
+    """The command line that names one row: --arm, --seed and the params file."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--arm", required=True, help="one of ssl_benchmark.arms")
     parser.add_argument("--seed", type=int, required=True, help="one of ssl_benchmark.seeds")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = row_parser(__doc__).parse_args(argv)
     run_row(args.arm, args.seed, args.params)
+
 
 if __name__ == "__main__":
     cli.run(main, CheckpointError)

@@ -128,6 +128,23 @@ def test_torchscript_artefact_carries_contract_and_matches(model, tmp_path):
         np.testing.assert_allclose(engine.infer(images), expected, atol=1e-5, rtol=1e-5)
 
 
+def test_torchscript_on_a_full_disk_names_the_artefact_and_leaves_nothing(model, tmp_path, monkeypatch):
+    """The write of the serialised module fails as a file object on a full disk does (no file name)."""
+    import errno
+    import os
+    from pathlib import Path
+
+    def full_disk(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    contract = make_contract(INFO, input_size=SIZE, input_layout="nhwc_uint8", output_kind="lowres_logits")
+    with pytest.raises(OSError) as raised:
+        export_torchscript(model, contract, tmp_path / "m.ts")
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(tmp_path / "m.ts"))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_example_input_follows_layout():
     contract = make_contract(INFO, input_size=SIZE, input_layout="nhwc_uint8", output_kind="labels")
     x = example_input(contract, batch=2)

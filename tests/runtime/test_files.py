@@ -40,6 +40,27 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
 
 
+def test_a_write_fault_names_the_output_not_the_temp(tmp_path):
+    """A full disk reported by a file object (no name) or by a writer that opened the temp by name
+    is raised again naming the output; a fault naming another file is left alone."""
+    import errno
+    target = tmp_path / "model.ts"
+    for filename in (None, "TEMP"):
+        with pytest.raises(OSError) as raised:
+            with files.atomic_output(target) as temp:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *([str(temp)] if filename else []))
+        assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(target))
+    with pytest.raises(FileNotFoundError) as raised:  # the subclass survives the renaming
+        with files.atomic_output(target):
+            raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
+    assert raised.value.filename == str(target)
+    with pytest.raises(OSError) as raised:
+        with files.atomic_output(target):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(tmp_path / "input.png"))
+    assert raised.value.filename == str(tmp_path / "input.png")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_final_name_at_the_file_system_limit_still_works(tmp_path):
     target = tmp_path / ("n" * 250)
     with files.atomic_output(target) as temp:

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 from tests.training.test_engine import NORM, tiny, trainer  # noqa: F401  (tiny is a fixture)
 from training import params
 from training.methods import MethodContext, method_class
+from training.methods import contrast
 from training.methods.contrast import PrototypeBank, _info_nce, negative_class_probabilities, prototype_infonce_loss
 from training.methods.css import (StrongView, confident_fraction, half_area_box, pseudo_targets, quantized,
                                   representation_labels, representation_probability_range, zero_loss_warnings)
@@ -203,20 +204,40 @@ def test_s3_class_without_hard_anchor_still_counts_in_the_denominator():
 
 
 def test_infonce_picks_the_same_cosines_as_gathering_the_keys():
-    """The (Q, P) product then a pick equals dotting each anchor with its gathered (N, D) keys,
+    """The (C, Q, P) product then a pick equals dotting each anchor with its gathered (N, D) keys,
     repeated and shared keys included, in value and in the anchors' gradient."""
     generator = torch.Generator().manual_seed(0)
-    anchors = torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=1).requires_grad_()
-    keys = torch.nn.functional.normalize(torch.randn(5, 8, generator=generator), dim=1)
-    positive = torch.nn.functional.normalize(torch.randn(8, generator=generator), dim=0)
-    negative_index = torch.randint(0, 5, (6, 7), generator=generator)
-    loss = _info_nce(anchors, positive, keys, negative_index, 0.5)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1)  # noqa: E731
+    anchors, keys, positives = unit(2, 6, 8).requires_grad_(), unit(5, 8), unit(2, 8)
+    negative_index = torch.randint(0, 5, (2, 6, 7), generator=generator)
+    loss = _info_nce(anchors, positives, keys, negative_index, 0.5).sum()
     (grad,) = torch.autograd.grad(loss, anchors)
-    logits = torch.cat([(anchors @ positive)[:, None], torch.einsum("qd,qnd->qn", anchors, keys[negative_index])], 1) / 0.5
-    reference = (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    reference = 0
+    for c in range(2):
+        logits = torch.cat([(anchors[c] @ positives[c])[:, None],
+                            torch.einsum("qd,qnd->qn", anchors[c], keys[negative_index[c]])], dim=1) / 0.5
+        reference = reference + (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
     (reference_grad,) = torch.autograd.grad(reference, anchors)
     torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grad, reference_grad, rtol=1e-5, atol=1e-6)
+
+
+def test_infonce_blocks_of_classes_change_nothing(monkeypatch):
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(2, 8, 3, 4, generator=generator)
+    labels = torch.randint(0, 4, (2, 3, 4), generator=generator)
+    hard = torch.rand(2, 3, 4, generator=generator) < 0.5
+    prototypes = torch.randn(4, 8, generator=generator)
+
+    def loss_and_grad():
+        torch.manual_seed(2)  # the same draws in both runs
+        leaf = features.clone().requires_grad_()
+        loss = prototype_infonce_loss(leaf, labels, hard, prototypes, **SMALL)
+        return loss, torch.autograd.grad(loss, leaf)[0]
+
+    whole = loss_and_grad()  # every class in one product
+    monkeypatch.setattr(contrast, "COSINE_BLOCK", SMALL["num_queries"] * 24)  # one class at a time
+    torch.testing.assert_close(loss_and_grad(), whole, rtol=1e-6, atol=1e-7)
 
 
 def test_s3_one_class_present_gives_zero():

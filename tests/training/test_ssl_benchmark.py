@@ -1,4 +1,6 @@
 """The semi-supervised benchmark's bookkeeping: row summary, gate and recovered gap (hand-computed)."""
+import dataclasses
+
 import pytest
 
 from training import params
@@ -53,6 +55,18 @@ def test_rows_train_what_params_say(tmp_path):
     per_epoch = (ssl.data.num_train - n_labeled) // stpg.batch_size
     assert stpg.stpg.memory_start_epoch * per_epoch / stpg.iters == pytest.approx(0.04, abs=0.015)
     assert stpg.stpg.contrast_start_epoch * per_epoch / stpg.iters == pytest.approx(0.08, abs=0.015)
+
+
+def test_a_precision_suffix_changes_the_precision_alone():
+    raw = params.load_raw()
+    assert params.split_arm("stpg_fp32") == ("stpg", "fp32")
+    assert params.split_arm("mean_teacher") == ("mean_teacher", None)  # "teacher" is no precision
+    assert params.split_arm("mean_teacher_bf16") == ("mean_teacher", "bf16")
+    plain, fp32 = params.ssl_train_params(raw, "stpg", 2), params.ssl_train_params(raw, "stpg_fp32", 2)
+    assert fp32.precision == "fp32" and dataclasses.replace(fp32, precision=plain.precision) == plain
+    assert params.ssl_train_params(raw, "full_fp32", 1).method == "supervised"
+    with pytest.raises(params.ParamsError, match="stpg_fp64"):  # not a precision: read as a method, refused
+        params.ssl_train_params(raw, "stpg_fp64", 1)
 
 
 def test_unknown_override_is_refused_with_its_key(params_file):

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 IGNORE_INDEX = 255
 
@@ -329,16 +328,22 @@ def _uniform_members(grouped, classes: torch.Tensor) -> torch.Tensor:
     return order[(starts[classes] + offset).clamp(max=order.numel() - 1)]
 
 
-def _info_nce(anchors, positive, keys, negative_index, temperature: float) -> torch.Tensor:
-    """mean_q -log softmax([a_q.p, a_q.n_q1, ..., a_q.n_qN] / t)[0] over unit vectors.
+COSINE_BLOCK = 2 ** 26  # the most anchor-key cosines held at once (256 MiB in float32)
 
-    The anchor-key cosines are one (Q, P) product over every key pixel, then picked out by
-    `negative_index` (Q, N): one matrix product instead of a gathered (Q, N, D) block of keys,
-    which costs memory traffic rather than arithmetic (bench: `python -m training.bench_step`).
+
+def _info_nce(anchors, positives, keys, negative_index, temperature: float) -> torch.Tensor:
+    """Per class of a block: mean_q -log softmax([a_q.p, a_q.n_q1, ..., a_q.n_qN] / t)[0] over unit vectors.
+
+    anchors (C, Q, D), positives (C, D), keys (P, D), negative_index (C, Q, N) -> (C,). The
+    anchor-key cosines are one (C, Q, P) product over every key pixel, then picked out: a matrix
+    product instead of a gathered (C, Q, N, D) block of keys, which costs memory traffic rather
+    than arithmetic. Backward needs the anchors, keys and indices, not the cosines, so the block
+    lives only until the pick.
     """
-    negatives = (anchors @ keys.T).gather(1, negative_index)
-    logits = torch.cat([(anchors @ positive)[:, None], negatives], dim=1) / temperature
-    return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    negatives = torch.matmul(anchors, keys.T).gather(2, negative_index)
+    positive = torch.einsum("cqd,cd->cq", anchors, positives)[..., None]
+    logits = torch.cat([positive, negatives], dim=2) / temperature
+    return (torch.logsumexp(logits, dim=2) - logits[..., 0]).mean(dim=1)
 
 
 def prototype_infonce_loss(features: torch.Tensor, labels: torch.Tensor, hard: torch.Tensor,
@@ -355,8 +360,8 @@ def prototype_infonce_loss(features: torch.Tensor, labels: torch.Tensor, hard: t
     InfoNCE of cosines over `temperature` with the prototype as the positive. The sum of class
     losses is divided by the number of present classes, classes without hard pixels included,
     and the loss is 0 with at most one class present. Every draw is a device tensor, so nothing
-    syncs; each class's anchor-key cosines are computed again in backward (checkpoint) rather than
-    kept, which bounds memory to one class's (Q, P) block for P key pixels.
+    syncs. Classes go through `_info_nce` in blocks of at most COSINE_BLOCK cosines, so memory is
+    bounded for any number of key pixels P.
     """
     num_classes = prototypes.shape[0]
     with torch.autocast(features.device.type, enabled=False):
@@ -375,10 +380,10 @@ def prototype_infonce_loss(features: torch.Tensor, labels: torch.Tensor, hard: t
         negative_index = _uniform_members(valid, negative_classes).reshape(num_classes, num_queries, num_negatives)
         positives = F.normalize(prototypes.detach().float(), dim=1)
 
-        class_losses = torch.stack([
-            checkpoint(_info_nce, anchors[c], positives[c], keys, negative_index[c], temperature,
-                       use_reentrant=False, preserve_rng_state=False)
-            for c in range(num_classes)])
+        block = max(1, COSINE_BLOCK // (num_queries * keys.shape[0]))  # classes per product
+        class_losses = torch.cat([
+            _info_nce(anchors[c:c + block], positives[c:c + block], keys, negative_index[c:c + block], temperature)
+            for c in range(0, num_classes, block)])
         counted = present & (hard_set[2] > 0)
         total = torch.where(counted, class_losses, torch.zeros_like(class_losses)).sum()
         num_present = present.sum()
