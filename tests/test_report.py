@@ -30,7 +30,7 @@ def test_ssl_table_from_hand_made_rows():
                "recovered": {"stpg": 0.4286}, "missing": ["stpg-2"]}
     text = report.render_ssl_benchmark(summary, rows)
     # 0.9 s x 2000 iterations = 30 minutes; a row resumed from an untimed checkpoint says what was timed
-    assert "| STPG (Gen-Student) | 25.00 | - | 25.00 | 0.00 | 43 % | 0.900 / - | 30 / - |" in text
+    assert "| STPG (Gen-Student) | 25.00 | - | 25.00 | - | 43 % | 0.900 / - | 30 / - |" in text
     assert ("| supervised, labeled images only | 20.00 | 21.00 | 20.50 | 1.00 | - | 0.200 / 0.190 "
             "| 2 (600 of 2000 it) / 6 |") in text
     assert "= 10.50 points, seed spread 2.00: **passed**" in text

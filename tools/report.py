@@ -89,15 +89,16 @@ def render_ssl_benchmark(summary: dict | None, rows: list[dict]) -> str:
               + " | mean | spread | gap recovered | s/iteration, per seed | training minutes, per seed |",
               "|---|" + "---|" * len(seeds) + "---|---|---|---|---|"]
     recovered = summary.get("recovered", {})
-    for arm, per_seed in by_arm.items():
-        stats = summary["arms"][arm]
+    for arm, stats in summary["arms"].items():  # in the order of ssl_benchmark.arms
+        per_seed = by_arm.get(arm, {})
         cells = [_points(per_seed[s]["miou"]) if s in per_seed else "-" for s in seeds]
         timings = " / ".join(_figure(per_seed[s].get("seconds_per_iteration") if s in per_seed else None, "{:.3f}")
                              for s in seeds)
         minutes = " / ".join(_minutes(per_seed.get(s)) for s in seeds)
         share = f"{100 * recovered[arm]:.0f} %" if arm in recovered else "-"
+        spread = _points(stats["spread"]) if stats["seeds"] > 1 else "-"  # one seed has no spread
         lines.append(f"| {arm_name(arm)} | " + " | ".join(cells)
-                     + f" | {_points(stats['mean'])} | {_points(stats['spread'])} | {share} | {timings} | {minutes} |")
+                     + f" | {_points(stats['mean'])} | {spread} | {share} | {timings} | {minutes} |")
     gate = summary.get("gate")
     lines.append("")
     if gate:
