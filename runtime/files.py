@@ -47,13 +47,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(temp, path)
-    except OSError as exc:
+    except BaseException as exc:
         temp.unlink(missing_ok=True)
-        if exc.errno is None or exc.filename not in (None, str(temp)):
-            raise
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc  # OSError(errno) picks the subclass
-    except BaseException:
-        temp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, str(temp)):
+            raise OSError(exc.errno, exc.strerror, str(path)) from exc  # OSError(errno) picks the subclass
         raise
 
 

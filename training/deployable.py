@@ -26,16 +26,16 @@ def save_atomic(payload, path: str | Path) -> None:
     """torch.save to a temp name, then rename: an interrupted save never leaves a valid-looking file.
 
     A failed write (disk full, read-only) is an OSError naming `path`: torch reports it as a bare
-    RuntimeError of its zip writer, with the file object's OSError only as the context.
+    RuntimeError of its zip writer, with the file object's OSError only as the context, so that
+    OSError is raised for atomic_output to name the path.
     """
-    try:
-        with atomic_output(path) as temp, open(temp, "wb") as fh:
+    with atomic_output(path) as temp, open(temp, "wb") as fh:
+        try:
             torch.save(payload, fh)
-    except (OSError, RuntimeError) as exc:
-        fault = exc if isinstance(exc, OSError) else exc.__context__
-        if not isinstance(fault, OSError):
-            raise
-        raise OSError(fault.errno, fault.strerror, str(path)) from None
+        except RuntimeError as exc:
+            if not isinstance(exc.__context__, OSError):
+                raise
+            raise exc.__context__ from None
 
 
 def save_deployable(path: str | Path, model: torch.nn.Module, *, classes, palette, mean, std,
