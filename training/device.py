@@ -29,3 +29,8 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+
+
+def precision_name(autocast_dtype: torch.dtype | None) -> str:
+    """How a row or report names the precision a network trained in: float32, bfloat16, float16."""
+    return str(autocast_dtype or torch.float32).removeprefix("torch.")

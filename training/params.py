@@ -70,6 +70,7 @@ class SplitParams:
 
 # Mirrors training.methods.CLASSES (a test keeps them equal) so loading params needs no torch.
 METHOD_NAMES = ("supervised", "mean_teacher", "stpg", "cpcl", "lpl", "css")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 where the hardware has it; the rest name an arm's suffix
 # Mirrors training.models.BACKBONES (a test keeps them equal) so loading params needs no torch.
 BACKBONE_NAMES = ("resnet18", "resnet50", "resnet101", "resnet50_v1c", "resnet101_v1c", "mobilenet_v3_large")
 
@@ -222,7 +223,7 @@ class TrainParams:
     def check(self, path: str) -> None:
         _choice(path + ".method", self.method, METHOD_NAMES)
         _choice(path + ".device", self.device, ("auto", "cpu", "cuda"))
-        _choice(path + ".precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _choice(path + ".precision", self.precision, PRECISIONS)
         _choice(path + ".sup_loss", self.sup_loss, ("ce", "ohem"))
         if len(self.crop) != 2:
             raise ParamsError(f"params: {path}.crop must be [height, width], got {self.crop}")
@@ -490,13 +491,11 @@ BASELINE_ARM = "supervised"  # labeled images only
 SSL_ROWS_DIR = Path("metrics/ssl")  # one <arm>-<seed>.json per benchmark row
 
 
-ARM_PRECISIONS = ("fp32", "bf16", "fp16")
-
 
 def split_arm(arm: str) -> tuple[str, str | None]:
     """(the arm, its precision suffix or None): `stpg_fp32` -> ("stpg", "fp32"), `mean_teacher` -> ("mean_teacher", None)."""
     base, _, suffix = arm.rpartition("_")
-    return (base, suffix) if base and suffix in ARM_PRECISIONS else (arm, None)
+    return (base, suffix) if base and suffix in PRECISIONS[1:] else (arm, None)
 
 
 def ssl_train_params(raw: dict, arm: str, seed: int) -> TrainParams:

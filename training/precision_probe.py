@@ -15,9 +15,9 @@ import torch
 
 from runtime import files
 from training import cli, params
+from training.data.loaders import image_tensor
+from training.device import precision_name
 from training.engine import CheckpointError
-from training.data.datasets import read_image
-from training.data.transforms import normalize
 from training.evaluate import evaluate_model
 from training.ssl_benchmark import build_row, row_parser
 
@@ -32,7 +32,7 @@ def label_changes(network, images, device, dtype, confident: float, *, mean, std
     network.eval()
     counts = torch.zeros(4, dtype=torch.int64)  # pixels, differing, confident, confident and differing
     for path in images:
-        image = torch.from_numpy(normalize(read_image(path), mean, std).transpose(2, 0, 1).copy())[None].to(device)
+        image = image_tensor(path, mean, std)[None].to(device)
         exact = torch.softmax(network(image).float(), dim=1)
         with torch.autocast(device.type, dtype=dtype):
             low = network(image).float().argmax(dim=1)
@@ -62,7 +62,7 @@ def probe(arm: str, seed: int, params_path: str, images: int, confident: float) 
     unlabeled = [image for image, _ in trainer.unlabeled[:images]]
     teachers = [{"teacher": index, **label_changes(teacher, unlabeled, trainer.device, dtype, confident, **norm)}
                 for index, teacher in enumerate(trainer.method.teachers())]
-    result = {"arm": arm, "seed": seed, "iteration": done, "trained_in": str(trainer.autocast_dtype or torch.float32).removeprefix("torch."),
+    result = {"arm": arm, "seed": seed, "iteration": done, "trained_in": precision_name(trainer.autocast_dtype),
               "val_miou": miou, "unlabeled_images": len(unlabeled), "confident_threshold": confident,
               "teachers": teachers}
     files.write_json(OUT_DIR / f"{arm}-{seed}.json", result)

@@ -22,6 +22,7 @@ from runtime import files
 from training import cli, params
 from training.data import datasets
 from training.deployable import save_atomic
+from training.device import precision_name
 from training.engine import CheckpointError, Trainer
 from training.evaluate import evaluate_model
 from training.train import image_classes_for
@@ -48,8 +49,6 @@ class Row:
     trainer: Trainer
     ssl: params.SslBenchmarkParams
     manifest: dict
-    num_labeled: int
-    num_unlabeled: int
     warmup_timed: list[float]  # empty where the warm-up's checkpoint predates timing in checkpoints
 
 
@@ -78,7 +77,7 @@ def build_row(arm: str, seed: int, params_path: str) -> Row:
     trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, None, live_dir=f"dvclive/ssl/{arm}-{seed}",
                       image_classes=image_classes_for(cfg.method, splits_dir, manifest), data_params=identity,
                       mean=data_cfg.mean, std=data_cfg.std)
-    return Row(trainer, ssl, manifest, len(labeled), len(unlabeled), warmup_timed)
+    return Row(trainer, ssl, manifest, warmup_timed)
 
 
 def run_row(arm: str, seed: int, params_path: str) -> dict:
@@ -98,8 +97,8 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
         "miou": round(result["miou"], 6),
         "per_class_iou": {name: None if v != v else round(float(v), 6)
                           for name, v in zip(trainer.info.classes, result["per_class_iou"])},
-        "num_labeled": built.num_labeled, "num_unlabeled": built.num_unlabeled, "iters": cfg.iters,
-        "precision": str(trainer.autocast_dtype or torch.float32).removeprefix("torch."),
+        "num_labeled": len(trainer.labeled), "num_unlabeled": len(trainer.unlabeled), "iters": cfg.iters,
+        "precision": precision_name(trainer.autocast_dtype),
         "seconds_per_iteration": round(statistics.median(timed), 4) if timed else None,
         "iterations_timed": len(timed), "train_seconds": round(sum(timed), 1),
         "warmup_seconds": round(sum(warmup_timed), 1) if warmup_timed else None,

@@ -51,9 +51,9 @@ def main(argv=None) -> None:
         labeled = datasets.read_pairs_file(f"{args.splits}/labeled.txt")
         unlabeled = datasets.read_pairs_file(f"{args.splits}/unlabeled.txt", allow_empty=True)
     trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, manifest["val"], args.live_dir,
-                      tuple(eval_cfg.crop), eval_cfg.mode, image_classes=image_classes_for(cfg.method, args.splits, manifest),
-                      mean=data_cfg.mean,
-                      std=data_cfg.std)
+                      tuple(eval_cfg.crop), eval_cfg.mode,
+                      image_classes=image_classes_for(cfg.method, args.splits, manifest),
+                      mean=data_cfg.mean, std=data_cfg.std)
     trainer.fit()
     if trainer.dist.is_main:
         info = trainer.info

@@ -98,9 +98,13 @@ class EvalDataset(Dataset):
 
     def __getitem__(self, index):
         image_path, label_path = self.pairs[index]
-        image = normalize(read_image(image_path), self.mean, self.std).transpose(2, 0, 1)
-        return {"image": torch.from_numpy(np.ascontiguousarray(image)),
+        return {"image": image_tensor(image_path, self.mean, self.std),
                 "label": torch.from_numpy(read_label(label_path).astype(np.int64))}
+
+
+def image_tensor(path, mean, std) -> torch.Tensor:
+    """One whole image as the network takes it: normalised, channels first, (3, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(normalize(read_image(path), mean, std).transpose(2, 0, 1)))
 
 
 def make_train_loaders(labeled, unlabeled, crop_hw, batch_size: int, scales, workers: int, seed: int,
