@@ -6,9 +6,9 @@ import pytest
 from tools import report
 
 
-def ssl_row(arm, seed, miou, seconds, timed=2000):
+def ssl_row(arm, seed, miou, seconds, timed=2000, threads=2):
     return {"arm": arm, "method": "supervised" if arm == "full" else arm, "seed": seed, "miou": miou,
-            "seconds_per_iteration": seconds, "iterations_timed": timed, "iters": 2000,
+            "seconds_per_iteration": seconds, "iterations_timed": timed, "iters": 2000, "threads": threads,
             "train_seconds": round(seconds * timed, 1), "num_labeled": 25, "num_unlabeled": 375, "precision": "bfloat16",
             "params": {"ssl_benchmark": {"data": {"height": 128, "width": 256, "num_val": 100}, "labeled_ratio": 16,
                                          "warmup_iters": 500},
@@ -22,7 +22,7 @@ def test_readme_and_docs_blocks_match_the_committed_metrics():
 def test_ssl_table_from_hand_made_rows():
     rows = [ssl_row("full", 1, 0.30, 0.2), ssl_row("full", 2, 0.32, 0.21),
             ssl_row("supervised", 1, 0.20, 0.2, timed=600), ssl_row("supervised", 2, 0.21, 0.19),
-            ssl_row("stpg", 1, 0.25, 0.9)]
+            ssl_row("stpg", 1, 0.25, 0.9, threads=1)]
     summary = {"arms": {"full": {"mean": 0.31, "spread": 0.02, "seeds": 2},
                         "supervised": {"mean": 0.205, "spread": 0.01, "seeds": 2},
                         "stpg": {"mean": 0.25, "spread": 0.0, "seeds": 1}},
@@ -30,8 +30,8 @@ def test_ssl_table_from_hand_made_rows():
                "recovered": {"stpg": 0.4286}, "missing": ["stpg-2"]}
     text = report.render_ssl_benchmark(summary, rows)
     # 0.9 s x 2000 iterations = 30 minutes; a row resumed from an untimed checkpoint says what was timed
-    assert "| STPG (Gen-Student) | 25.00 | - | 25.00 | - | 43 % | 0.900 / - | 30 / - |" in text
-    assert ("| supervised, labeled images only | 20.00 | 21.00 | 20.50 | 1.00 | - | 0.200 / 0.190 "
+    assert "| STPG (Gen-Student) | 25.00 | - | 25.00 | - | 43 % | 0.900 (1) / - | 30 / - |" in text
+    assert ("| supervised, labeled images only | 20.00 | 21.00 | 20.50 | 1.00 | - | 0.200 (2) / 0.190 (2) "
             "| 2 (600 of 2000 it) / 6 |") in text
     assert "= 10.50 points, seed spread 2.00: **passed**" in text
     assert "Rows still to run: stpg-2" in text

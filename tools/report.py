@@ -48,6 +48,14 @@ def _minutes(row: dict | None) -> str:
     return f"{row['train_seconds'] / 60:.0f}{partial}"
 
 
+def _timing(row: dict | None) -> str:
+    """Median step time with the torch threads the row trained on: rows on fewer threads shared the cores."""
+    if row is None or row.get("seconds_per_iteration") is None:
+        return "-"
+    threads = f" ({row['threads']})" if "threads" in row else ""
+    return f"{row['seconds_per_iteration']:.3f}{threads}"
+
+
 def _delta(value: float | None) -> str:
     return "- (labels)" if value is None else f"{value:.2g}"
 
@@ -86,14 +94,13 @@ def render_ssl_benchmark(summary: dict | None, rows: list[dict]) -> str:
                   f"batch {train['batch_size']}, crop {train['crop'][0]}x{train['crop'][1]}, {first['precision']}; "
                   f"every arm starts from a {ssl['warmup_iters']}-iteration supervised warm-up on the labeled images.", ""]
     lines += ["| arm | " + " | ".join(f"mIoU seed {s}" for s in seeds)
-              + " | mean | spread | gap recovered | s/iteration, per seed | training minutes, per seed |",
+              + " | mean | spread | gap recovered | s/iteration (threads), per seed | training minutes, per seed |",
               "|---|" + "---|" * len(seeds) + "---|---|---|---|---|"]
     recovered = summary.get("recovered", {})
     for arm, stats in summary["arms"].items():  # in the order of ssl_benchmark.arms
         per_seed = by_arm.get(arm, {})
         cells = [_points(per_seed[s]["miou"]) if s in per_seed else "-" for s in seeds]
-        timings = " / ".join(_figure(per_seed[s].get("seconds_per_iteration") if s in per_seed else None, "{:.3f}")
-                             for s in seeds)
+        timings = " / ".join(_timing(per_seed.get(s)) for s in seeds)
         minutes = " / ".join(_minutes(per_seed.get(s)) for s in seeds)
         share = f"{100 * recovered[arm]:.0f} %" if arm in recovered else "-"
         spread = _points(stats["spread"]) if stats["seeds"] > 1 else "-"  # one seed has no spread
