@@ -27,11 +27,12 @@ def test_ssl_table_from_hand_made_rows():
                         "supervised": {"mean": 0.205, "spread": 0.01, "seeds": 2},
                         "stpg": {"mean": 0.25, "spread": 0.0, "seeds": 1}},
                "gate": {"full_miou": 0.31, "sup_miou": 0.205, "headroom": 0.105, "seed_spread": 0.02, "passed": True},
-               "recovered": {"stpg": 0.4286}, "missing": ["stpg-2"]}
+               "recovered": {"stpg": 0.4286}, "missing": ["stpg-2"],
+               "paired_gain": {"full": {"1": 0.10, "2": 0.11}, "stpg": {"1": 0.05}}}
     text = report.render_ssl_benchmark(summary, rows)
     # 0.9 s x 2000 iterations = 30 minutes; a row resumed from an untimed checkpoint says what was timed
-    assert "| STPG (Gen-Student) | 25.00 | - | 25.00 | - | 43 % | 0.900 (1) / - | 30 / - |" in text
-    assert ("| supervised, labeled images only | 20.00 | 21.00 | 20.50 | 1.00 | - | 0.200 (2) / 0.190 (2) "
+    assert "| STPG (Gen-Student) | 25.00 | - | 25.00 | - | +5.00 / - | 43 % | 0.900 (1) / - | 30 / - |" in text
+    assert ("| supervised, labeled images only | 20.00 | 21.00 | 20.50 | 1.00 | - | - | 0.200 (2) / 0.190 (2) "
             "| 2 (600 of 2000 it) / 6 |") in text
     assert "= 10.50 points, seed spread 2.00: **passed**" in text
     assert "Rows still to run: stpg-2" in text

@@ -32,6 +32,10 @@ def _points(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.2f}"
 
 
+def _signed_points(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{100 * fraction:+.2f}"
+
+
 def _percent(fraction: float | None) -> str:
     return "-" if fraction is None else f"{100 * fraction:.2f} %"
 
@@ -94,9 +98,10 @@ def render_ssl_benchmark(summary: dict | None, rows: list[dict]) -> str:
                   f"batch {train['batch_size']}, crop {train['crop'][0]}x{train['crop'][1]}, {first['precision']}; "
                   f"every arm starts from a {ssl['warmup_iters']}-iteration supervised warm-up on the labeled images.", ""]
     lines += ["| arm | " + " | ".join(f"mIoU seed {s}" for s in seeds)
-              + " | mean | spread | gap recovered | s/iteration (threads), per seed | training minutes, per seed |",
-              "|---|" + "---|" * len(seeds) + "---|---|---|---|---|"]
-    recovered = summary.get("recovered", {})
+              + " | mean | spread | gain over supervised, per seed | gap recovered | s/iteration (threads), per seed "
+                "| training minutes, per seed |",
+              "|---|" + "---|" * len(seeds) + "---|---|---|---|---|---|"]
+    recovered, paired = summary.get("recovered", {}), summary.get("paired_gain", {})
     for arm, stats in summary["arms"].items():  # in the order of ssl_benchmark.arms
         per_seed = by_arm.get(arm, {})
         cells = [_points(per_seed[s]["miou"]) if s in per_seed else "-" for s in seeds]
@@ -104,8 +109,9 @@ def render_ssl_benchmark(summary: dict | None, rows: list[dict]) -> str:
         minutes = " / ".join(_minutes(per_seed.get(s)) for s in seeds)
         share = f"{100 * recovered[arm]:.0f} %" if arm in recovered else "-"
         spread = _points(stats["spread"]) if stats["seeds"] > 1 else "-"  # one seed has no spread
+        gains = " / ".join(_signed_points(paired.get(arm, {}).get(str(s))) for s in seeds) if arm in paired else "-"
         lines.append(f"| {arm_name(arm)} | " + " | ".join(cells)
-                     + f" | {_points(stats['mean'])} | {spread} | {share} | {timings} | {minutes} |")
+                     + f" | {_points(stats['mean'])} | {spread} | {gains} | {share} | {timings} | {minutes} |")
     gate = summary.get("gate")
     lines.append("")
     if gate:

@@ -41,6 +41,12 @@ def summarise(rows: list[dict], arms: list[str], seeds: list[int]) -> dict:
         if headroom > 0:
             summary["recovered"] = {arm: round((s["mean"] - sup["mean"]) / headroom, 4)
                                     for arm, s in arms_summary.items() if arm not in (params.FULL_ARM, params.BASELINE_ARM)}
+    # a seed's rows share its warm-up backbone, so the gain over supervised training of the same
+    # seed leaves the warm-up's luck out of the comparison
+    baseline = by_arm.get(params.BASELINE_ARM, {})
+    summary["paired_gain"] = {arm: {str(seed): round(miou - baseline[seed], 6) for seed, miou in sorted(v.items())
+                                    if seed in baseline}
+                              for arm, v in by_arm.items() if arm != params.BASELINE_ARM and set(v) & set(baseline)}
     return summary
 
 

@@ -24,6 +24,15 @@ def test_gate_and_recovered_gap_hand_values():
     assert summary["recovered"] == {"stpg": pytest.approx(0.5238, abs=1e-4)}
     assert summary["arms"]["stpg"] == {"mean": pytest.approx(0.26), "spread": pytest.approx(0.02), "seeds": 2}
     assert summary["missing"] == []
+    # each seed against supervised training of the same seed: 0.25 - 0.20, 0.27 - 0.21
+    assert summary["paired_gain"]["stpg"] == {"1": pytest.approx(0.05), "2": pytest.approx(0.06)}
+    assert summary["paired_gain"]["full"] == {"1": pytest.approx(0.10), "2": pytest.approx(0.11)}
+
+
+def test_paired_gain_needs_the_same_seed_of_supervised_training():
+    rows = [row("supervised", 1, 0.20), row("stpg", 1, 0.24), row("stpg", 2, 0.30), row("css", 2, 0.22)]
+    gains = summarise(rows, ["supervised", "stpg", "css"], [1, 2])["paired_gain"]
+    assert gains == {"stpg": {"1": pytest.approx(0.04)}}
 
 
 def test_gate_fails_on_spread_and_missing_rows_are_listed():
