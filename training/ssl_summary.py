@@ -18,8 +18,9 @@ GATE_SPREADS = 3  # ... and by 3x the larger spread between two seeds
 
 
 def summarise(rows: list[dict], arms: list[str], seeds: list[int]) -> dict:
-    """Mean and spread (max - min over seeds) per arm, the headroom gate, and the share of the
-    full-minus-supervised gap each semi-supervised arm recovers. mIoU stays a fraction."""
+    """Mean and spread (max - min over seeds) per arm, the headroom gate, each arm's gain over
+    supervised training of the same seed, and the share of the full-minus-supervised gap each
+    semi-supervised arm recovers. mIoU stays a fraction."""
     by_arm = {arm: {row["seed"]: row["miou"] for row in rows if row["arm"] == arm} for arm in arms}
     arms_summary = {arm: {"mean": round(statistics.fmean(v.values()), 6), "spread": round(max(v.values()) - min(v.values()), 6),
                           "seeds": len(v)} for arm, v in by_arm.items() if v}
@@ -29,6 +30,13 @@ def summarise(rows: list[dict], arms: list[str], seeds: list[int]) -> dict:
         "arms": arms_summary,
         "missing": [f"{arm}-{seed}" for arm in arms for seed in seeds if seed not in by_arm[arm]],
     }
+    # a seed's rows share its warm-up backbone, so the gain over supervised training of the same
+    # seed leaves the warm-up's luck out of the comparison
+    baseline = by_arm.get(params.BASELINE_ARM, {})
+    paired = {arm: {seed: miou - baseline[seed] for seed, miou in sorted(v.items()) if seed in baseline}
+              for arm, v in by_arm.items() if arm != params.BASELINE_ARM and set(v) & set(baseline)}
+    summary["paired_gain"] = {arm: {str(seed): round(gain, 6) for seed, gain in gains.items()}
+                              for arm, gains in paired.items()}
     full, sup = arms_summary.get(params.FULL_ARM), arms_summary.get(params.BASELINE_ARM)
     if full and sup:
         headroom = full["mean"] - sup["mean"]
@@ -39,14 +47,10 @@ def summarise(rows: list[dict], arms: list[str], seeds: list[int]) -> dict:
                            "passed": (headroom >= GATE_POINTS and headroom >= GATE_SPREADS * spread)
                            if full["seeds"] == sup["seeds"] == len(seeds) else None}
         if headroom > 0:
-            summary["recovered"] = {arm: round((s["mean"] - sup["mean"]) / headroom, 4)
-                                    for arm, s in arms_summary.items() if arm not in (params.FULL_ARM, params.BASELINE_ARM)}
-    # a seed's rows share its warm-up backbone, so the gain over supervised training of the same
-    # seed leaves the warm-up's luck out of the comparison
-    baseline = by_arm.get(params.BASELINE_ARM, {})
-    summary["paired_gain"] = {arm: {str(seed): round(miou - baseline[seed], 6) for seed, miou in sorted(v.items())
-                                    if seed in baseline}
-                              for arm, v in by_arm.items() if arm != params.BASELINE_ARM and set(v) & set(baseline)}
+            # the mean paired gain: with every seed it is mean_arm - mean_supervised; with some, it
+            # compares those seeds with the same seeds of supervised training
+            summary["recovered"] = {arm: round(statistics.fmean(gains.values()) / headroom, 4)
+                                    for arm, gains in paired.items() if arm != params.FULL_ARM}
     return summary
 
 

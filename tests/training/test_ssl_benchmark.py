@@ -35,6 +35,13 @@ def test_paired_gain_needs_the_same_seed_of_supervised_training():
     assert gains == {"stpg": {"1": pytest.approx(0.04)}}
 
 
+def test_an_arm_with_one_seed_recovers_its_paired_gain_not_its_gain_over_the_two_seed_mean():
+    rows = [row("full", 1, 0.30), row("full", 2, 0.32), row("supervised", 1, 0.20), row("supervised", 2, 0.21),
+            row("stpg", 1, 0.25)]
+    # headroom 0.105; paired gain 0.25 - 0.20 = 0.05 -> 0.4762 (against the mean 0.205 it would read 0.4286)
+    assert summarise(rows, ["full", "supervised", "stpg"], [1, 2])["recovered"] == {"stpg": pytest.approx(0.4762, abs=1e-4)}
+
+
 def test_gate_fails_on_spread_and_missing_rows_are_listed():
     rows = [row("full", 1, 0.30), row("full", 2, 0.40), row("supervised", 1, 0.20), row("supervised", 2, 0.22)]
     summary = summarise(rows, ["full", "supervised", "stpg"], [1, 2])
