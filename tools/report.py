@@ -109,7 +109,7 @@ def render_ssl_benchmark(summary: dict | None, rows: list[dict]) -> str:
         minutes = " / ".join(_minutes(per_seed.get(s)) for s in seeds)
         share = f"{100 * recovered[arm]:.0f} %" if arm in recovered else "-"
         spread = _points(stats["spread"]) if stats["seeds"] > 1 else "-"  # one seed has no spread
-        gains = " / ".join(_signed_points(paired.get(arm, {}).get(str(s))) for s in seeds) if arm in paired else "-"
+        gains = " / ".join(_signed_points(paired[arm].get(str(s))) for s in seeds) if arm in paired else "-"
         lines.append(f"| {arm_name(arm)} | " + " | ".join(cells)
                      + f" | {_points(stats['mean'])} | {spread} | {gains} | {share} | {timings} | {minutes} |")
     gate = summary.get("gate")
