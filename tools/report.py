@@ -70,7 +70,8 @@ def _not_measured(command: str) -> str:
 
 ARM_NAMES = {"full": "supervised, every train image labeled (upper bound)", "supervised": "supervised, labeled images only",
              "mean_teacher": "mean teacher", "stpg": "STPG (Gen-Student)", "cpcl": "CPCL (N1)",
-             "css": "CSS (EMA teacher)", "lpl": "LPL stage 1 (image-level labels on every image)"}
+             "css": "CSS (EMA teacher)", "lpl": "LPL stage 1 (image-level labels on every image)",
+             "lpl_stage2": "LPL stage 2 (retrained on stage 1's pseudo masks; image-level labels on every image)"}
 
 
 def arm_name(arm: str) -> str:

@@ -488,8 +488,8 @@ def merged(base: dict, overrides: dict) -> dict:
 
 FULL_ARM = "full"  # the benchmark's upper bound: supervised training with every train image labeled
 BASELINE_ARM = "supervised"  # labeled images only
+LPL_STAGE2_ARM = "lpl_stage2"  # LPL's stage 2: supervised training on the labels plus the lpl row's pseudo masks
 SSL_ROWS_DIR = Path("metrics/ssl")  # one <arm>-<seed>.json per benchmark row
-
 
 
 def split_arm(arm: str) -> tuple[str, str | None]:
@@ -501,13 +501,15 @@ def split_arm(arm: str) -> tuple[str, str | None]:
 def ssl_train_params(raw: dict, arm: str, seed: int) -> TrainParams:
     """The train section of one benchmark row: train, then ssl_benchmark.train, then the arm's method and seed.
 
-    The arm `full` is supervised training with every train image labeled (the upper bound). An arm
+    The arm `full` is supervised training with every train image labeled (the upper bound), and
+    `lpl_stage2` supervised training on the labels plus LPL's pseudo masks (training.ssl_benchmark
+    makes them). An arm
     with a precision suffix (`stpg_fp32`) is that arm trained in that precision: the same protocol
     with one thing changed, so its rows measure what the precision costs.
     """
     base, precision = split_arm(arm)
     overrides = (raw.get("ssl_benchmark") or {}).get("train") or {}
     row = merged(merged(raw.get("train") or {}, overrides),
-                 {"method": BASELINE_ARM if base == FULL_ARM else base, "seed": seed,
+                 {"method": BASELINE_ARM if base in (FULL_ARM, LPL_STAGE2_ARM) else base, "seed": seed,
                   **({"precision": precision} if precision else {})})
     return build(TrainParams, row, f"ssl_benchmark.train (arm {arm})")

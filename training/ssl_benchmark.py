@@ -5,12 +5,16 @@
 A row first warms a backbone up with supervised training on the labeled images (the stand-in for the
 ImageNet weights this machine cannot download; the rows of one seed share it through its checkpoint),
 then trains its arm from that backbone and evaluates the arm's evaluated network on the val set. Every
-stage resumes from its checkpoints when it is started again.
+stage resumes from its checkpoints when it is started again. The arm `lpl_stage2` is LPL's stage 2:
+the lpl row of its seed (trained first if it is not finished) writes pseudo masks, then a supervised
+row trains on them and the labels.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import os
 import statistics
 import time
@@ -21,10 +25,12 @@ import torch
 from runtime import files
 from training import cli, params
 from training.data import datasets
+from training.data.loaders import presence_table
 from training.deployable import save_atomic
 from training.device import precision_name
 from training.engine import CheckpointError, Trainer
 from training.evaluate import evaluate_model
+from training.lpl_stage2 import PSEUDO_LIST, write_pseudo_masks
 from training.train import image_classes_for
 
 CHECKPOINTS = Path("checkpoints/ssl")
@@ -52,8 +58,12 @@ class Row:
     warmup_timed: list[float]  # empty where the warm-up's checkpoint predates timing in checkpoints
 
 
-def build_row(arm: str, seed: int, params_path: str) -> Row:
-    """The row's trainer (after its warm-up), as `ssl_run@<arm>-<seed>` trains it."""
+def build_row(arm: str, seed: int, params_path: str, pseudo_labeled=None, extra_identity: dict | None = None) -> Row:
+    """The row's trainer (after its warm-up), as `ssl_run@<arm>-<seed>` trains it.
+
+    `pseudo_labeled` pairs (LPL's pseudo masks) label the unlabeled images, which join the labeled
+    ones; `extra_identity` adds what else defines the run to its checkpoints' identity.
+    """
     raw = params.load_raw(params_path)
     ssl = params.load("ssl_benchmark", params_path)
     if arm not in ssl.arms or seed not in ssl.seeds:
@@ -64,24 +74,57 @@ def build_row(arm: str, seed: int, params_path: str) -> Row:
     manifest = datasets.read_manifest(prepared / "manifest.json")
     labeled = datasets.read_pairs_file(splits_dir / "labeled.txt")
     unlabeled = datasets.read_pairs_file(splits_dir / "unlabeled.txt")
-    identity = {"data": dataclasses.asdict(ssl.data)}
+    identity = {"data": dataclasses.asdict(ssl.data), **(extra_identity or {})}
 
     warmup_timed: list[float] = []
     if ssl.warmup_iters:
         backbone, identity["warmup"], warmup_timed = _warm_backbone(raw, ssl, seed, model_cfg, data_cfg, manifest, labeled)
         model_cfg = dataclasses.replace(model_cfg, pretrained=str(backbone))
 
-    cfg = dataclasses.replace(params.ssl_train_params(raw, arm, seed), checkpoint_dir=str(CHECKPOINTS / f"{arm}-{seed}"))
+    cfg = dataclasses.replace(params.ssl_train_params(raw, arm, seed),
+                              checkpoint_dir=str(CHECKPOINTS / f"{arm}-{seed}"))
     if params.split_arm(arm)[0] == params.FULL_ARM:
         labeled, unlabeled = [tuple(p) for p in manifest["train"]], []
-    trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, None, live_dir=f"dvclive/ssl/{arm}-{seed}",
+    elif pseudo_labeled is not None:
+        labeled, unlabeled = labeled + list(pseudo_labeled), []
+    trainer = Trainer(cfg, model_cfg, manifest, labeled, unlabeled, None,
+                      live_dir=f"dvclive/ssl/{arm}-{seed}",
                       image_classes=image_classes_for(cfg.method, splits_dir, manifest), data_params=identity,
                       mean=data_cfg.mean, std=data_cfg.std)
     return Row(trainer, ssl, manifest, warmup_timed)
 
 
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _pseudo_masks(seed: int, params_path: str) -> tuple[list[tuple[str, str]], str]:
+    """Stage 1's class-aware pseudo masks of the unlabeled images and the digest of their contents,
+    written once per stage 1 (the row lpl-<seed>, trained first where it is not finished)."""
+    stage1 = build_row("lpl", seed, params_path).trainer
+    stage1.fit()  # a finished row loads its last checkpoint and trains nothing
+    folder = CHECKPOINTS / f"{params.LPL_STAGE2_ARM}-{seed}" / "pseudo"
+    made_by, stage1_digest = folder / "stage1.sha256", _digest(json.dumps(stage1.identity, sort_keys=True).encode())
+    # written last, the digest of the stage 1 that labeled them marks a finished set of its masks
+    if not (made_by.exists() and made_by.read_text() == stage1_digest):
+        lpl = stage1.cfg.lpl
+        write_pseudo_masks(stage1.method.evaluated_network(), stage1.unlabeled,
+                           presence_table(stage1.unlabeled, stage1.image_classes), folder, lpl.pseudo_scales,
+                           lpl.pseudo_flip, stage1.device, stage1.mean, stage1.std)
+        files.write_text(made_by, stage1_digest)
+    pseudo = datasets.read_pairs_file(folder / PSEUDO_LIST)
+    return pseudo, _digest(b"".join(Path(mask).read_bytes() for _, mask in pseudo))
+
+
+def lpl_stage2_row(seed: int, params_path: str) -> Row:
+    """LPL's stage 2 as a row: a supervised row on the labels plus stage 1's pseudo masks, with every
+    row's schedule and warm-up backbone."""
+    pseudo, digest = _pseudo_masks(seed, params_path)
+    return build_row(params.LPL_STAGE2_ARM, seed, params_path, pseudo_labeled=pseudo, extra_identity={"pseudo_masks": digest})
+
+
 def run_row(arm: str, seed: int, params_path: str) -> dict:
-    built = build_row(arm, seed, params_path)
+    built = lpl_stage2_row(seed, params_path) if arm == params.LPL_STAGE2_ARM else build_row(arm, seed, params_path)
     trainer, ssl, manifest, cfg = built.trainer, built.ssl, built.manifest, built.trainer.cfg
     history = trainer.fit()
     # every iteration the row trained, over all the processes that resumed it (a checkpoint keeps the
@@ -93,7 +136,7 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
                             ssl.eval_mode, (ssl.data.height, ssl.data.width), trainer.device, trainer.autocast_dtype,
                             mean=trainer.mean, std=trainer.std)
     row = {
-        "arm": arm, "method": cfg.method, "seed": seed,
+        "arm": arm, "method": "lpl" if arm == params.LPL_STAGE2_ARM else cfg.method, "seed": seed,
         "miou": round(result["miou"], 6),
         "per_class_iou": {name: None if v != v else round(float(v), 6)
                           for name, v in zip(trainer.info.classes, result["per_class_iou"])},

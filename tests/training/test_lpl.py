@@ -2,6 +2,7 @@
 weak pool, who teaches whom, the learning rates, exact resume and stage 2."""
 import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from tests.conftest import params_copy
 from tests.training.test_engine import MODEL, NORM, TINY_MODEL, tiny_values
 from tests.training.tiny_data import make_tiny_dataset
-from training import lpl_stage2, params, split
+from training import lpl_stage2, params, split, ssl_benchmark, ssl_prepare
 from training.data import datasets, splits
 from training.data.loaders import image_level_fields, make_train_loaders
 from training.deployable import DeployableError, load_deployable, save_deployable
@@ -335,3 +336,37 @@ def test_stage2_refuses_a_model_of_another_method(tmp_path, tiny_split):
 def test_params_check_names_the_key(params_file):
     with pytest.raises(params.ParamsError, match=r"train\.lpl\.iou_decay"):
         params.load("train", params_file(train={"lpl": {"iou_decay": 1.5}}))
+
+
+def test_benchmark_stage2_row_retrains_on_its_stage1_pseudo_masks(tmp_path, monkeypatch):
+    """The benchmark arm lpl_stage2: it finishes the lpl row of its seed, labels that row's unlabeled
+    images once, and trains a supervised row on labels plus pseudo masks; a second run trains nothing."""
+    monkeypatch.chdir(tmp_path)
+    params_copy(tmp_path / "params.yaml", model=TINY_MODEL, train={"lpl": {"pseudo_scales": [1.0], "pseudo_flip": False}},
+                ssl_benchmark=dict(data=dict(num_train=16, num_val=2, height=32, width=64, video_frames=2),
+                                   labeled_ratio=4, arms=["lpl", "lpl_stage2"], seeds=[1], warmup_iters=1,
+                                   train=dict(iters=2, batch_size=2, crop=[32, 32], scales=[1.0], checkpoint_every=1,
+                                              workers=0, precision="fp32")))
+    ssl_prepare.main(["--params", "params.yaml"])
+    row = ssl_benchmark.run_row("lpl_stage2", 1, "params.yaml")
+
+    assert (row["arm"], row["method"], row["iters"]) == ("lpl_stage2", "lpl", 2)
+    assert (row["num_labeled"], row["num_unlabeled"]) == (16, 0)  # 4 masks + 12 pseudo masks, nothing unlabeled
+    stage1 = torch.load("checkpoints/ssl/lpl-1/last.pt", weights_only=False)
+    assert stage1["iteration"] == 2  # the lpl row, trained to its end first
+    folder = tmp_path / "checkpoints/ssl/lpl_stage2-1/pseudo"
+    unlabeled = datasets.read_pairs_file("data/ssl/splits/unlabeled.txt")
+    listed = datasets.read_pairs_file(folder / lpl_stage2.PSEUDO_LIST)
+    assert [image for image, _ in listed] == [image for image, _ in unlabeled]
+    classes = splits.read_image_classes("data/ssl/splits/" + splits.IMAGE_CLASSES_FILE, 19)
+    for image, mask_path in listed:  # class-aware: only the classes the image-level label names
+        assert set(np.unique(cv2.imread(mask_path, cv2.IMREAD_UNCHANGED)).tolist()) <= set(np.flatnonzero(classes[image]).tolist())
+
+    written = {mask: Path(mask).stat().st_mtime_ns for _, mask in listed}
+    again = ssl_benchmark.run_row("lpl_stage2", 1, "params.yaml")
+    assert {mask: Path(mask).stat().st_mtime_ns for mask in written} == written  # not labeled again
+    assert again["miou"] == row["miou"] and again["iterations_timed"] == row["iterations_timed"] == 2
+
+    (folder / "stage1.sha256").write_text("another stage 1")  # masks from another stage 1 are made again
+    ssl_benchmark.run_row("lpl_stage2", 1, "params.yaml")
+    assert all(Path(mask).stat().st_mtime_ns > written[mask] for mask in written)

@@ -63,6 +63,7 @@ def test_rows_train_what_params_say(tmp_path):
     full = params.ssl_train_params(raw, "full", ssl.seeds[0])
     stpg = params.ssl_train_params(raw, "stpg", ssl.seeds[1])
     assert full.method == "supervised" and stpg.method == "stpg" and stpg.seed == ssl.seeds[1]
+    assert params.ssl_train_params(raw, "lpl_stage2", 1).method == "supervised"  # the retrain on pseudo masks
     for key, value in ssl.train.items():
         if not isinstance(value, dict):
             assert getattr(stpg, key) == value, key
