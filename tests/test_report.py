@@ -39,6 +39,16 @@ def test_ssl_table_from_hand_made_rows():
     assert text.startswith("25 labeled / 375 unlabeled synthetic images at 128x256 (1/16)")
 
 
+def test_signals_table_lists_each_method_s_own_terms():
+    rows = [{"arm": "supervised", "seed": 1, "final_losses": {"loss": 0.5, "sup": 0.5, "lr": 1e-5}},
+            {"arm": "lpl", "seed": 2, "final_losses": {"loss": 1.0, "sup": 0.4, "pct": 9.15e-25, "pct_weight": 0.0}},
+            {"arm": "stpg", "seed": 1, "final_losses": {"sup": 0.8, "contrast": 5.13826, "selected": 0.83415}}]
+    assert report.render_ssl_signals(rows).splitlines() == [
+        "| row | the method's own signals at its last logged iteration |", "|---|---|",
+        "| lpl-2 | pct 9.15e-25, pct_weight 0 |", "| stpg-1 | contrast 5.14, selected 0.834 |"]
+    assert report.render_ssl_signals(rows[:1]) == "Not measured yet: run `make ssl-benchmark`."
+
+
 def test_missing_metrics_name_the_command():
     assert report.render_ssl_benchmark(None, []) == "Not measured yet: run `make ssl-benchmark`."
     assert report.render_export(None) == "Not measured yet: run `make demo`."

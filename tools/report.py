@@ -19,7 +19,8 @@ from runtime import files
 from training import params
 
 METRICS = Path("metrics")
-TARGETS = {"README.md": ("ssl_benchmark", "demo", "export"), "docs/ssl_benchmark.md": ("ssl_benchmark", "ssl_precision", "ssl_history"),
+TARGETS = {"README.md": ("ssl_benchmark", "demo", "export"), "docs/ssl_benchmark.md": ("ssl_benchmark", "ssl_signals", "ssl_precision",
+                                                                                       "ssl_history"),
            "docs/benchmarks.md": ("latency",)}
 
 
@@ -124,6 +125,22 @@ def render_ssl_benchmark(summary: dict | None, rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+COMMON_LOSSES = ("loss", "sup", "lr")  # every row logs these; the rest are the method's own signals
+
+
+def render_ssl_signals(rows: list[dict]) -> str:
+    """Each semi-supervised row's own logged signals (its losses, selected or agreeing share, weights)
+    at its last logged iteration: one iteration, so noisy, but it shows a term that never acts."""
+    own = [(row, {k: v for k, v in row.get("final_losses", {}).items() if k not in COMMON_LOSSES}) for row in rows]
+    own = [(row, signals) for row, signals in own if signals]
+    if not own:
+        return _not_measured("make ssl-benchmark")
+    lines = ["| row | the method's own signals at its last logged iteration |", "|---|---|"]
+    for row, signals in own:
+        lines.append(f"| {row['arm']}-{row['seed']} | " + ", ".join(f"{k} {v:.3g}" for k, v in signals.items()) + " |")
+    return "\n".join(lines)
+
+
 def render_demo(evaluations: dict[str, dict | None]) -> str:
     if not any(evaluations.values()):
         return _not_measured("make demo")
@@ -197,6 +214,7 @@ def blocks() -> dict[str, str]:
     rows = _rows(METRICS / "ssl")
     return {
         "ssl_benchmark": render_ssl_benchmark(_load("ssl_benchmark.json"), rows),
+        "ssl_signals": render_ssl_signals(rows),
         "ssl_history": render_history(),
         "ssl_precision": render_precision(_rows(METRICS / "ssl_precision")),
         "demo": render_demo({"STPG Gen-Student (`models/gen_student.pt`)": _load("eval.json"),
