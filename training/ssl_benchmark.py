@@ -56,6 +56,7 @@ class Row:
     ssl: params.SslBenchmarkParams
     manifest: dict
     warmup_timed: list[float]  # empty where the warm-up's checkpoint predates timing in checkpoints
+    pseudo_mask_seconds: float | None = None  # LPL stage 2: the time stage 1 took to write its masks
 
 
 def build_row(arm: str, seed: int, params_path: str, pseudo_labeled=None, extra_identity: dict | None = None) -> Row:
@@ -98,29 +99,34 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _pseudo_masks(seed: int, params_path: str) -> tuple[list[tuple[str, str]], str]:
-    """Stage 1's class-aware pseudo masks of the unlabeled images and the digest of their contents,
-    written once per stage 1 (the row lpl-<seed>, trained first where it is not finished)."""
+def _pseudo_masks(seed: int, params_path: str) -> tuple[list[tuple[str, str]], str, float | None]:
+    """Stage 1's class-aware pseudo masks of the unlabeled images, the digest of their contents and the
+    seconds they took (None if unrecorded), written once per stage 1 (the row lpl-<seed>, trained
+    first where it is not finished)."""
     stage1 = build_row("lpl", seed, params_path).trainer
     stage1.fit()  # a finished row loads its last checkpoint and trains nothing
     folder = CHECKPOINTS / f"{params.LPL_STAGE2_ARM}-{seed}" / "pseudo"
     made_by, stage1_digest = folder / "stage1.sha256", _digest(json.dumps(stage1.identity, sort_keys=True).encode())
+    timed = folder / "seconds"
     # written last, the digest of the stage 1 that labeled them marks a finished set of its masks
     if not (made_by.exists() and made_by.read_text() == stage1_digest):
-        lpl = stage1.cfg.lpl
+        lpl, started = stage1.cfg.lpl, time.perf_counter()
         write_pseudo_masks(stage1.method.evaluated_network(), stage1.unlabeled,
                            presence_table(stage1.unlabeled, stage1.image_classes), folder, lpl.pseudo_scales,
                            lpl.pseudo_flip, stage1.device, stage1.mean, stage1.std)
+        files.write_text(timed, f"{time.perf_counter() - started:.1f}")
         files.write_text(made_by, stage1_digest)
     pseudo = datasets.read_pairs_file(folder / PSEUDO_LIST)
-    return pseudo, _digest(b"".join(Path(mask).read_bytes() for _, mask in pseudo))
+    seconds = float(timed.read_text()) if timed.exists() else None  # masks written before timing was kept
+    return pseudo, _digest(b"".join(Path(mask).read_bytes() for _, mask in pseudo)), seconds
 
 
 def lpl_stage2_row(seed: int, params_path: str) -> Row:
     """LPL's stage 2 as a row: a supervised row on the labels plus stage 1's pseudo masks, with every
     row's schedule and warm-up backbone."""
-    pseudo, digest = _pseudo_masks(seed, params_path)
-    return build_row(params.LPL_STAGE2_ARM, seed, params_path, pseudo_labeled=pseudo, extra_identity={"pseudo_masks": digest})
+    pseudo, digest, seconds = _pseudo_masks(seed, params_path)
+    row = build_row(params.LPL_STAGE2_ARM, seed, params_path, pseudo_labeled=pseudo, extra_identity={"pseudo_masks": digest})
+    return dataclasses.replace(row, pseudo_mask_seconds=seconds)
 
 
 def run_row(arm: str, seed: int, params_path: str) -> dict:
@@ -145,6 +151,7 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
         "seconds_per_iteration": round(statistics.median(timed), 4) if timed else None,
         "iterations_timed": len(timed), "train_seconds": round(sum(timed), 1),
         "warmup_seconds": round(sum(warmup_timed), 1) if warmup_timed else None,
+        **({"pseudo_mask_seconds": built.pseudo_mask_seconds} if arm == params.LPL_STAGE2_ARM else {}),
         "eval_seconds": round(time.perf_counter() - started, 1),
         "threads": torch.get_num_threads(), "load_average": [round(x, 2) for x in os.getloadavg()],
         "final_losses": {k.removeprefix("train/"): round(v, 5) for k, v in history.items()},

@@ -351,6 +351,7 @@ def test_benchmark_stage2_row_retrains_on_its_stage1_pseudo_masks(tmp_path, monk
     row = ssl_benchmark.run_row("lpl_stage2", 1, "params.yaml")
 
     assert (row["arm"], row["method"], row["iters"]) == ("lpl_stage2", "lpl", 2)
+    assert row["pseudo_mask_seconds"] > 0  # part of the arm's cost, beside its retrain and its lpl row
     assert (row["num_labeled"], row["num_unlabeled"]) == (16, 0)  # 4 masks + 12 pseudo masks, nothing unlabeled
     stage1 = torch.load("checkpoints/ssl/lpl-1/last.pt", weights_only=False)
     assert stage1["iteration"] == 2  # the lpl row, trained to its end first
@@ -366,6 +367,7 @@ def test_benchmark_stage2_row_retrains_on_its_stage1_pseudo_masks(tmp_path, monk
     again = ssl_benchmark.run_row("lpl_stage2", 1, "params.yaml")
     assert {mask: Path(mask).stat().st_mtime_ns for mask in written} == written  # not labeled again
     assert again["miou"] == row["miou"] and again["iterations_timed"] == row["iterations_timed"] == 2
+    assert again["pseudo_mask_seconds"] == row["pseudo_mask_seconds"]  # the time the masks took, kept
 
     (folder / "stage1.sha256").write_text("another stage 1")  # masks from another stage 1 are made again
     ssl_benchmark.run_row("lpl_stage2", 1, "params.yaml")
