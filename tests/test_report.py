@@ -42,10 +42,12 @@ def test_ssl_table_from_hand_made_rows():
 def test_signals_table_lists_each_method_s_own_terms():
     rows = [{"arm": "supervised", "seed": 1, "final_losses": {"loss": 0.5, "sup": 0.5, "lr": 1e-5}},
             {"arm": "lpl", "seed": 2, "final_losses": {"loss": 1.0, "sup": 0.4, "pct": 9.15e-25, "pct_weight": 0.0}},
-            {"arm": "stpg", "seed": 1, "final_losses": {"sup": 0.8, "contrast": 5.13826, "selected": 0.83415}}]
+            {"arm": "stpg", "seed": 1, "final_losses": {"sup": 0.8, "contrast": 5.13826, "selected": 0.83415}},
+            {"arm": "lpl_stage2", "seed": 1, "final_losses": {"loss": 0.48, "sup": 0.48}, "pseudo_mask_miou": 0.31234}]
     assert report.render_ssl_signals(rows).splitlines() == [
         "| row | the method's own signals at its last logged iteration |", "|---|---|",
-        "| lpl-2 | pct 9.15e-25, pct_weight 0 |", "| stpg-1 | contrast 5.14, selected 0.834 |"]
+        "| lpl-2 | pct 9.15e-25, pct_weight 0 |", "| stpg-1 | contrast 5.14, selected 0.834 |",
+        "| lpl_stage2-1 | pseudo_mask_miou 0.312 |"]
     assert report.render_ssl_signals(rows[:1]) == "Not measured yet: run `make ssl-benchmark`."
 
 

@@ -130,8 +130,10 @@ COMMON_LOSSES = ("loss", "sup", "lr")  # every row logs these; the rest are the 
 
 def render_ssl_signals(rows: list[dict]) -> str:
     """Each semi-supervised row's own logged signals (its losses, selected or agreeing share, weights)
-    at its last logged iteration: one iteration, so noisy, but it shows a term that never acts."""
-    own = [(row, {k: v for k, v in row.get("final_losses", {}).items() if k not in COMMON_LOSSES}) for row in rows]
+    at its last logged iteration: one iteration, so noisy, but it shows a term that never acts. LPL's
+    stage 2 rows add the mIoU of the pseudo masks they learned from."""
+    own = [(row, {**{k: v for k, v in row.get("final_losses", {}).items() if k not in COMMON_LOSSES},
+                  **({"pseudo_mask_miou": row["pseudo_mask_miou"]} if "pseudo_mask_miou" in row else {})}) for row in rows]
     own = [(row, signals) for row, signals in own if signals]
     if not own:
         return _not_measured("make ssl-benchmark")

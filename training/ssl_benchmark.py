@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from runtime import files
+from runtime import files, scoring
 from training import cli, params
 from training.data import datasets
 from training.data.loaders import presence_table
@@ -56,7 +56,7 @@ class Row:
     ssl: params.SslBenchmarkParams
     manifest: dict
     warmup_timed: list[float]  # empty where the warm-up's checkpoint predates timing in checkpoints
-    pseudo_mask_seconds: float | None = None  # LPL stage 2: the time stage 1 took to write its masks
+    extra_metrics: dict = dataclasses.field(default_factory=dict)  # what only this arm measures
 
 
 def build_row(arm: str, seed: int, params_path: str, pseudo_labeled=None, extra_identity: dict | None = None) -> Row:
@@ -99,10 +99,10 @@ def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
 
 
-def _pseudo_masks(seed: int, params_path: str) -> tuple[list[tuple[str, str]], str, float | None]:
-    """Stage 1's class-aware pseudo masks of the unlabeled images, the digest of their contents and the
-    seconds they took (None if unrecorded), written once per stage 1 (the row lpl-<seed>, trained
-    first where it is not finished)."""
+def _pseudo_masks(seed: int, params_path: str) -> tuple[list[tuple[str, str]], str, dict]:
+    """Stage 1's class-aware pseudo masks of the unlabeled images, the digest of their contents, and
+    what they cost and score, written once per stage 1 (the row lpl-<seed>, trained first where it is
+    not finished)."""
     stage1 = build_row("lpl", seed, params_path).trainer
     stage1.fit()  # a finished row loads its last checkpoint and trains nothing
     folder = CHECKPOINTS / f"{params.LPL_STAGE2_ARM}-{seed}" / "pseudo"
@@ -117,16 +117,21 @@ def _pseudo_masks(seed: int, params_path: str) -> tuple[list[tuple[str, str]], s
         files.write_text(timed, f"{time.perf_counter() - started:.1f}")
         files.write_text(made_by, stage1_digest)
     pseudo = datasets.read_pairs_file(folder / PSEUDO_LIST)
-    seconds = float(timed.read_text()) if timed.exists() else None  # masks written before timing was kept
-    return pseudo, _digest(b"".join(Path(mask).read_bytes() for _, mask in pseudo)), seconds
+    # the masks against the unlabeled images' ground truth, which no arm trains on: how good the
+    # labels the retrain learns from are
+    confusion = sum(scoring.confusion_matrix(datasets.read_label(truth), datasets.read_label(mask), stage1.info.num_classes)
+                    for (_, truth), (_, mask) in zip(stage1.unlabeled, pseudo))
+    measured = {"pseudo_mask_miou": round(scoring.mean_iou(confusion), 6),
+                "pseudo_mask_seconds": float(timed.read_text()) if timed.exists() else None}  # None: masks from before timing
+    return pseudo, _digest(b"".join(Path(mask).read_bytes() for _, mask in pseudo)), measured
 
 
 def lpl_stage2_row(seed: int, params_path: str) -> Row:
     """LPL's stage 2 as a row: a supervised row on the labels plus stage 1's pseudo masks, with every
     row's schedule and warm-up backbone."""
-    pseudo, digest, seconds = _pseudo_masks(seed, params_path)
+    pseudo, digest, measured = _pseudo_masks(seed, params_path)
     row = build_row(params.LPL_STAGE2_ARM, seed, params_path, pseudo_labeled=pseudo, extra_identity={"pseudo_masks": digest})
-    return dataclasses.replace(row, pseudo_mask_seconds=seconds)
+    return dataclasses.replace(row, extra_metrics=measured)
 
 
 def run_row(arm: str, seed: int, params_path: str) -> dict:
@@ -151,7 +156,7 @@ def run_row(arm: str, seed: int, params_path: str) -> dict:
         "seconds_per_iteration": round(statistics.median(timed), 4) if timed else None,
         "iterations_timed": len(timed), "train_seconds": round(sum(timed), 1),
         "warmup_seconds": round(sum(warmup_timed), 1) if warmup_timed else None,
-        **({"pseudo_mask_seconds": built.pseudo_mask_seconds} if arm == params.LPL_STAGE2_ARM else {}),
+        **built.extra_metrics,
         "eval_seconds": round(time.perf_counter() - started, 1),
         "threads": torch.get_num_threads(), "load_average": [round(x, 2) for x in os.getloadavg()],
         "final_losses": {k.removeprefix("train/"): round(v, 5) for k, v in history.items()},

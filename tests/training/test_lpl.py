@@ -352,6 +352,7 @@ def test_benchmark_stage2_row_retrains_on_its_stage1_pseudo_masks(tmp_path, monk
 
     assert (row["arm"], row["method"], row["iters"]) == ("lpl_stage2", "lpl", 2)
     assert row["pseudo_mask_seconds"] > 0  # part of the arm's cost, beside its retrain and its lpl row
+    assert 0 <= row["pseudo_mask_miou"] <= 1
     assert (row["num_labeled"], row["num_unlabeled"]) == (16, 0)  # 4 masks + 12 pseudo masks, nothing unlabeled
     stage1 = torch.load("checkpoints/ssl/lpl-1/last.pt", weights_only=False)
     assert stage1["iteration"] == 2  # the lpl row, trained to its end first
@@ -360,8 +361,17 @@ def test_benchmark_stage2_row_retrains_on_its_stage1_pseudo_masks(tmp_path, monk
     listed = datasets.read_pairs_file(folder / lpl_stage2.PSEUDO_LIST)
     assert [image for image, _ in listed] == [image for image, _ in unlabeled]
     classes = splits.read_image_classes("data/ssl/splits/" + splits.IMAGE_CLASSES_FILE, 19)
-    for image, mask_path in listed:  # class-aware: only the classes the image-level label names
-        assert set(np.unique(cv2.imread(mask_path, cv2.IMREAD_UNCHANGED)).tolist()) <= set(np.flatnonzero(classes[image]).tolist())
+    confusion = np.zeros((19, 19), np.int64)
+    for (image, mask_path), (_, truth) in zip(listed, unlabeled):  # class-aware: only the classes the image-level label names
+        mask = cv2.imread(mask_path, cv2.IMREAD_UNCHANGED)
+        assert set(np.unique(mask).tolist()) <= set(np.flatnonzero(classes[image]).tolist())
+        truth = datasets.read_label(truth)
+        for t, m in zip(truth.ravel(), mask.ravel()):
+            if t != 255:
+                confusion[t, m] += 1
+    present = confusion.sum(0) + confusion.sum(1) > 0  # mIoU over the classes in the truth or the masks
+    iou = np.diag(confusion)[present] / (confusion.sum(0) + confusion.sum(1) - np.diag(confusion))[present]
+    assert row["pseudo_mask_miou"] == pytest.approx(iou.mean(), abs=1e-6)
 
     written = {mask: Path(mask).stat().st_mtime_ns for _, mask in listed}
     again = ssl_benchmark.run_row("lpl_stage2", 1, "params.yaml")
