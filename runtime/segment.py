@@ -84,7 +84,7 @@ class GroundTruthScorer(Sink):
         miou = mean_iou(self.confusion)
         return {
             "miou": None if math.isnan(miou) else miou,
-            "iou_per_class": {name: None if math.isnan(v) else float(v) for name, v in zip(classes, ious)},
+            "per_class_iou": {name: None if math.isnan(v) else float(v) for name, v in zip(classes, ious)},
             "frames_scored": self.frames_scored,
             "frames_without_truth": self.frames_without_truth,
         }
@@ -158,7 +158,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "cores --threads leaves)")
     parser.add_argument("--letterbox", default="auto", choices=LETTERBOX_MODES,
                         help="fit frames into the network input with their aspect ratio kept, padded with the mean "
-                        f"colour (cut off again in the labels); auto: when it is more than {LETTERBOX_TOLERANCE:.0%} "
+                        f"colour (cut off again in the labels); auto: when it is more than {LETTERBOX_TOLERANCE * 100:.0f}%% "
                         "off the input's, else stretch (default: auto; off with --device cuda)")
     parser.add_argument("--gt-labels", type=Path, metavar="DIR",
                         help="score the labels (mIoU) against <frame:06d>.png trainIds in DIR")

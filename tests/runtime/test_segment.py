@@ -152,7 +152,7 @@ def test_image_folder_with_a_corrupt_frame_is_scored_against_ground_truth(tmp_pa
     np.testing.assert_array_equal(cv2.imread(str(labels / "000003.png"), cv2.IMREAD_UNCHANGED), expected)
     # Rows 2-15 count: truth 0 / predicted 0 in 8 columns, truth 0 / predicted 1 in 4, truth 1 /
     # predicted 1 in 4 -> IoU 8/12 for class 0, 4/8 for class 1, mean 7/12.
-    assert summary["iou_per_class"] == pytest.approx({"class0": 2 / 3, "class1": 0.5})
+    assert summary["per_class_iou"] == pytest.approx({"class0": 2 / 3, "class1": 0.5})
     assert summary["miou"] == pytest.approx(7 / 12)
     assert summary["frames_scored"] == 3
 
