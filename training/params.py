@@ -9,6 +9,7 @@ optional inputs (data.root, model.pretrained, split.given_*), where None means "
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -39,6 +40,9 @@ class DataParams:
     dataset: str  # synthetic | cityscapes | voc
     root: str | None = None  # the real dataset's root; the synthetic set is generated under data/prepared
     synthetic: SyntheticParams
+    # Cityscapes / VOC have no video: `segment_demo` and `benchmark` run on this many val images
+    # as an image-folder source instead (the synthetic set's dashcam video otherwise).
+    demo_frames: int
     # Input normalisation (x/255 - mean)/std, RGB: used in training, recorded in the deployable
     # model and its runtime contract, and read back from there by evaluation and export.
     mean: list[float]
@@ -51,6 +55,7 @@ class DataParams:
                 raise ParamsError(f"params: {path}.{key} must be three numbers [r, g, b], got {getattr(self, key)}")
         for i, value in enumerate(self.std):
             _positive(f"{path}.std[{i}]", value)
+        _at_least(path + ".demo_frames", self.demo_frames, 1)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -414,11 +419,26 @@ def _convert(tp, value, key: str):
         if not isinstance(value, dict):
             raise ParamsError(f"params: {key} must be a mapping, got {value!r}")
         return value
+    if tp is float and isinstance(value, str) and _reads_as_float(value):
+        raise ParamsError(f"params: {key} must be a number, got the text {value!r}: YAML 1.1 reads an exponent "
+                          f"without a decimal point or a sign as text; write it as {_yaml_float(value)}")
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise ParamsError(f"params: {key} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
         return value
     raise TypeError(f"unsupported params type {tp} for {key}")
+
+
+def _reads_as_float(text: str) -> bool:
+    """A number in exponent notation that YAML 1.1 left as text, such as 1e-3."""
+    return re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", text.strip()) is not None
+
+
+def _yaml_float(text: str) -> str:
+    """'1e-3' -> '1.0e-3', '2.5e3' -> '2.5e+3': YAML 1.1 (PyYAML) reads a float only with a
+    decimal point and a signed exponent."""
+    mantissa, _, exponent = text.strip().lower().partition("e")
+    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent if exponent[0] in '+-' else '+' + exponent}"
 
 
 def build(cls, raw: dict, path: str):

@@ -1,4 +1,5 @@
 import dataclasses
+import re
 import typing
 
 import pytest
@@ -38,6 +39,18 @@ def test_unknown_section_is_named(params_file):
 def test_wrong_type_is_named(params_file):
     with pytest.raises(params.ParamsError, match=r"split\.labeled_ratio must be int"):
         params.load("split", params_file(split={"labeled_ratio": "eight"}))
+
+
+@pytest.mark.parametrize("text, spelling", [("1e-3", "1.0e-3"), ("5E4", "5.0e+4"), ("2.5e3", "2.5e+3")])
+def test_exponent_yaml_reads_as_text_names_the_spelling_it_reads(tmp_path, text, spelling):
+    """YAML 1.1 reads 1e-3 as a string; the error says how to write it so that it is a number."""
+    path = tmp_path / "params.yaml"
+    path.write_text(params.PROJECT_PARAMS.read_text().replace("  lr: 0.01", f"  lr: {text}", 1))
+    with pytest.raises(params.ParamsError, match=rf"train\.lr must be a number, got the text '{text}'.*write it as "
+                       + re.escape(spelling) + "$"):
+        params.load("train", path)
+    path.write_text(params.PROJECT_PARAMS.read_text().replace("  lr: 0.01", f"  lr: {spelling}", 1))
+    assert params.load("train", path).lr == float(text)
 
 
 def test_error_in_other_section_fails_any_stage(params_file):
