@@ -46,6 +46,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, action="append", metavar="PATH",
                         help=f"artefact to time (repeatable; default: every {DEFAULT_MODELS}/*.onnx)")
     parser.add_argument("--video", default=str(DEFAULT_VIDEO), help="video file or image folder for the e2e level")
+    parser.add_argument("--demo", type=Path, metavar="DEMO.json",
+                        help="take the e2e clip from the demo record `prepare` writes (data/prepared/demo.json: the "
+                        "synthetic video, or a dataset's val images), instead of --video")
     parser.add_argument("--levels", nargs="+", choices=LEVELS, default=list(LEVELS))
     parser.add_argument("--warmup", type=int, default=5, metavar="N")
     parser.add_argument("--iters", type=int, default=30, metavar="N")
@@ -81,6 +84,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def demo_source(path: Path) -> str:
+    """The clip named by the demo record of `prepare`."""
+    try:
+        return str(json.loads(path.read_text())["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise BenchmarkError(f"demo record {path} is missing or damaged; run `dvc repro prepare` or pass --video") from None
+
+
 def resolve_models(args) -> list[Path]:
     """The artefacts to time; with the ops level alone, the first one (if any) as its load."""
     needed = {"model", "e2e"} & set(args.levels)
@@ -107,6 +118,8 @@ def e2e_models(engines: dict, precisions: list[str]) -> list[str]:
 def benchmark(args) -> dict:
     """Run the chosen levels and write the outputs; user errors raise BenchmarkError & co."""
     models = resolve_models(args)
+    if args.demo is not None:
+        args.video = demo_source(args.demo)
     if "e2e" in args.levels and not Path(args.video).exists():
         raise BenchmarkError(f"video {args.video}: no such file or folder; run `dvc repro prepare` or fix --video")
     resolutions = [parse_resolution(text) for text in args.resolutions]

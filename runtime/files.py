@@ -11,6 +11,8 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,3 +68,16 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, payload, *, sort_keys: bool = False) -> None:
     """Indented JSON with a final newline, the form every metrics and sidecar file uses."""
     write_text(path, json.dumps(payload, indent=2, sort_keys=sort_keys) + "\n")
+
+
+def replace_dir(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move the finished folder `source` into place as `target`; an old `target` is removed only
+    once the new one is there, so a reader finds the old folder or the new one, never a mix."""
+    source, target = Path(source), Path(target)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=target.name + ".old-", dir=target.parent))
+        os.replace(target, old / target.name)
+    os.replace(source, target)
+    if old is not None:
+        shutil.rmtree(old)

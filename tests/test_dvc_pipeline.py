@@ -69,8 +69,9 @@ def test_whole_chain_reproduces_with_tiny_params(project_copy):
 
     for rel in ("metrics/eval.json", "metrics/eval_baseline.json"):
         metrics = read(rel)
-        assert 0.0 <= metrics["miou"] <= 1.0 and len(metrics["per_class_iou"]) == 19
-    assert (root / "plots/eval_per_class_iou.csv").read_text().splitlines()[0] == "class,iou"
+        assert set(metrics) == {"miou", "pixel_acc"} and 0.0 <= metrics["miou"] <= 1.0
+    per_class = (root / "plots/eval_per_class_iou.csv").read_text().splitlines()
+    assert per_class[0] == "class,iou" and len(per_class) == 1 + 19
     assert sorted(p.name for p in (root / "checkpoints/train").iterdir()) == ["last.pt"]
 
     export = read("metrics/export.json")
@@ -81,6 +82,8 @@ def test_whole_chain_reproduces_with_tiny_params(project_copy):
     assert demo["frames_out"] == TINY_DATA["synthetic"]["video_frames"] and demo["dropped"] == 0
     assert 0.0 <= demo["miou"] <= 1.0
     assert (root / "outputs/demo_overlay.mp4").stat().st_size > 0
+    headline = read("metrics/demo.json")
+    assert headline["fp32"]["miou"] == demo["miou"] and headline["int8"]["fps"] > 0
 
     bench = read("metrics/benchmark.json")
     assert {"model", "ops", "e2e"} <= set(bench)
@@ -89,6 +92,47 @@ def test_whole_chain_reproduces_with_tiny_params(project_copy):
     ssl = read("metrics/ssl_benchmark.json")
     assert [(row["arm"], row["seed"]) for row in ssl["rows"]] == [("full", 1), ("supervised", 1), ("stpg", 1)]
     assert ssl["missing"] == [] and set(ssl["gate"]) == {"full_miou", "sup_miou", "headroom", "seed_spread", "passed"}
+    assert read("metrics/ssl_headline.json")["stpg"]["miou"] == ssl["arms"]["stpg"]["mean"]
     stpg = read("metrics/ssl/stpg-1.json")
     assert stpg["num_labeled"] == 6 and stpg["params"]["train"]["iters"] == 4 and 0.0 <= stpg["miou"] <= 1.0
     assert "up to date" in project_copy("dvc", "status").stdout
+
+
+DEMO_TARGETS = ("evaluate", "evaluate_baseline", "export", "segment_demo", "benchmark")
+
+
+def tiny_demo_params(project_copy):
+    project_copy.set_params("data", demo_frames=3)
+    project_copy.set_params("split", labeled_ratio=2, stratify=False)
+    project_copy.set_params("train", iters=2, batch_size=2, crop=[32, 32], scales=[1.0], checkpoint_every=2,
+                            eval_every=0, log_every=1, workers=0,
+                            stpg=dict(memory_start_epoch=0, contrast_start_epoch=0, proximity_start_epoch=0))
+    project_copy.set_params("evaluate", mode="whole")
+    project_copy.set_params("export", input_size=[32, 64], precisions=["fp32", "int8"], calibration_images=2,
+                            verify_images=2, tolerance=dict(int8_label_agreement=0.0, int8_miou_delta=100.0))
+    project_copy.set_params("benchmark", warmup=0, iters=1, frames=3, threads=1)
+
+
+@pytest.mark.parametrize("dataset", ["cityscapes", "voc"])
+def test_a_real_dataset_layout_runs_the_demo_chain(project_copy, tmp_path, dataset):
+    """What the README tells a user with Cityscapes or VOC: `dvc exp run -S data.dataset=... -S data.root=...`
+    naming the demo targets, on a tiny tree in that layout. The clip is the val images (no video)."""
+    from tests.training.tiny_data import make_tiny_dataset, make_tiny_voc
+
+    tree = tmp_path / dataset
+    (make_tiny_voc if dataset == "voc" else make_tiny_dataset)(tree, n_train=4, n_val=3)
+    tiny_demo_params(project_copy)
+    project_copy("git", "commit", "-qam", "tiny params")
+    project_copy("dvc", "exp", "run", "-S", f"data.dataset={dataset}", "-S", f"data.root={tree}", *DEMO_TARGETS)
+    root = project_copy.root
+    read = lambda rel: json.loads((root / rel).read_text())  # noqa: E731
+    demo = read("data/prepared/demo.json")
+    assert demo == {"source": "data/prepared/val_frames", "gt_labels": "data/prepared/val_frames_labels",
+                    "kind": "val_frames", "frames": 3}
+    summary = read("metrics/segment_demo_int8.json")
+    assert summary["frames_out"] == summary["frames_scored"] == 3 and summary["source"] == demo["source"]
+    assert len(summary["per_class_iou"]) == (21 if dataset == "voc" else 19)
+    assert read("metrics/benchmark.json")["config"]["video"] == demo["source"]
+    # the benchmark matrix did not run: a bare `dvc exp run` is what would start it
+    assert not (root / "metrics/ssl_benchmark.json").exists() or \
+        project_copy("git", "status", "--porcelain", "metrics/ssl_benchmark.json").stdout == ""

@@ -27,3 +27,22 @@ def make_tiny_dataset(root, n_train=8, n_val=2, height=32, width=64, seed=0):
     manifest = {"dataset": "cityscapes", "root": str(root),
                 "train": [[str(i), str(l)] for i, l in train], "val": [[str(i), str(l)] for i, l in val]}
     return manifest
+
+
+def make_tiny_voc(root, n_train=8, n_val=2, seed=0):
+    """A tiny random VOC-layout dataset (JPEGImages, SegmentationClassAug, ImageSets lists): 21
+    classes, 255 on object borders, and images of different sizes, as VOC's are."""
+    rng = np.random.default_rng(seed)
+    for folder in ("JPEGImages", "SegmentationClassAug", "ImageSets/Segmentation"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for split, n in (("train_aug", n_train), ("val", n_val)):
+        names = [f"2007_{split[:1]}{i:05d}" for i in range(n)]
+        for i, name in enumerate(names):
+            height, width = (48, 64) if i % 2 == 0 else (64, 48)
+            labels = np.kron(rng.integers(0, 21, (height // 8, width // 8)), np.ones((8, 8))).astype(np.uint8)
+            labels[:, ::8] = 255
+            image = cv2.add((labels[..., None] * np.array([11, 5, 3]) % 255).astype(np.uint8),
+                            rng.integers(0, 20, (height, width, 3), dtype=np.uint8))
+            cv2.imwrite(str(root / "JPEGImages" / f"{name}.jpg"), image)
+            cv2.imwrite(str(root / "SegmentationClassAug" / f"{name}.png"), labels)
+        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from runtime import files
 from training.data.cityscapes import train_ids_to_label_ids
 from training.data.synthetic.street import generate_scene, render_video_frames
 from training.params import ParamsError, SyntheticParams
@@ -64,17 +65,6 @@ def _write_sample(job: tuple[str, str, int, int, int, int]) -> None:
     _write_png(label_dir / f"{stem}_gtFine_labelIds.png", train_ids_to_label_ids(train_ids))
 
 
-def _replace_dir(source: Path, target: Path) -> None:
-    """Move a finished folder into place; the old one is removed only once the new one is there."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=target.name + ".old-", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(source, target)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 def write_dataset(root: str | Path, params: SyntheticParams) -> dict:
     """Write train and val images, labelIds and the dashcam video under `root`, all or nothing."""
     _check(params)
@@ -92,7 +82,7 @@ def write_dataset(root: str | Path, params: SyntheticParams) -> dict:
             for job in jobs:
                 _write_sample(job)
         write_video(staging, params)
-        _replace_dir(staging, root)
+        files.replace_dir(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -123,7 +113,7 @@ def write_video(root: str | Path, params: SyntheticParams) -> Path:
                 _write_png(labels / f"{index:06d}.png", train_ids)
         finally:
             writer.release()
-        _replace_dir(labels, video_dir / "labels")
+        files.replace_dir(labels, video_dir / "labels")
         os.replace(partial, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
