@@ -83,15 +83,15 @@ def _finite(value: float):
     return None if not np.isfinite(value) else round(float(value), 6)
 
 
-def write_results(result: dict, classes, metrics_path, plot_path) -> None:
-    files.write_json(metrics_path, {
-        "miou": _finite(result["miou"]),
-        "pixel_acc": _finite(result["pixel_acc"]),
-        "per_class_iou": {name: _finite(v) for name, v in zip(classes, result["per_class_iou"])},
-    })
-    rows = [f"{name},{0.0 if not np.isfinite(v) else round(float(v), 6)}\n"
-            for name, v in zip(classes, result["per_class_iou"])]
-    files.write_text(plot_path, "class,iou\n" + "".join(rows))
+def write_results(result: dict, classes, metrics_path=None, plot_path=None) -> None:
+    """mIoU and pixel accuracy (fractions) to `metrics_path`, per-class IoU to the `plot_path` CSV;
+    a file not named is not written."""
+    if metrics_path is not None:
+        files.write_json(metrics_path, {"miou": _finite(result["miou"]), "pixel_acc": _finite(result["pixel_acc"])})
+    if plot_path is not None:
+        rows = [f"{name},{0.0 if not np.isfinite(v) else round(float(v), 6)}\n"
+                for name, v in zip(classes, result["per_class_iou"])]
+        files.write_text(plot_path, "class,iou\n" + "".join(rows))
 
 
 def main(argv=None) -> None:
@@ -99,8 +99,9 @@ def main(argv=None) -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--checkpoint", default="models/gen_student.pt")
     parser.add_argument("--manifest", default="data/prepared/manifest.json")
-    parser.add_argument("--metrics", default="metrics/eval.json")
-    parser.add_argument("--plot", default="plots/eval_per_class_iou.csv")
+    # Nothing is written unless named: the tracked metrics/eval.json belongs to the `evaluate` stage.
+    parser.add_argument("--metrics", help="write mIoU and pixel accuracy here (JSON)")
+    parser.add_argument("--plot", help="write the per-class IoU here (CSV)")
     parser.add_argument("--device", default=None, help="cpu | cuda (default: train.device)")
     args = parser.parse_args(argv)
     cfg = params.load("evaluate", args.params)
@@ -111,7 +112,8 @@ def main(argv=None) -> None:
     result = evaluate_model(model, pairs, len(info["classes"]), cfg.mode, tuple(cfg.crop), device, progress=True,
                             mean=info["mean"], std=info["std"])
     write_results(result, info["classes"], args.metrics, args.plot)
-    print(f"{info['method']} ({args.checkpoint}): mIoU {100 * result['miou']:.2f} on {len(pairs)} val images")
+    print(f"{info['method']} ({args.checkpoint}): mIoU {100 * result['miou']:.2f} %, pixel accuracy "
+          f"{100 * result['pixel_acc']:.2f} % on {len(pairs)} val images")
 
 
 if __name__ == "__main__":

@@ -76,3 +76,27 @@ def test_evaluation_normalises_as_the_model_records(tmp_path, params_file, monke
                    "--manifest", str(tmp_path / "manifest.json"), "--metrics", str(tmp_path / "eval.json"),
                    "--plot", str(tmp_path / "iou.csv"), "--device", "cpu"])
     assert seen == [([0.1, 0.2, 0.3], [0.4, 0.5, 0.6])]
+
+
+def test_evaluating_another_checkpoint_writes_nothing_unless_asked(tmp_path, params_file, monkeypatch, capsys):
+    """`python -m training.evaluate --checkpoint other.pt` must not overwrite the tracked metrics/eval.json."""
+    import json
+
+    from tests.training.tiny_data import make_tiny_dataset
+    from training import evaluate
+    from training.data import datasets
+    from training.deployable import save_deployable
+    from training.models import build_model
+
+    manifest = make_tiny_dataset(tmp_path / "data", n_train=1, n_val=1)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    info = datasets.dataset_info("cityscapes")
+    save_deployable(tmp_path / "model.pt", build_model("resnet18", 19, proj_dim=8), classes=info.classes,
+                    palette=info.palette, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), dataset="cityscapes",
+                    method="supervised", iteration=1)
+    params = params_file(evaluate={"mode": "whole"})
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    evaluate.main(["--params", str(params), "--checkpoint", "model.pt", "--manifest", "manifest.json", "--device", "cpu"])
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert "supervised (model.pt): mIoU " in capsys.readouterr().out
