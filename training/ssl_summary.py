@@ -1,4 +1,5 @@
-"""DVC stage `ssl_aggregate`: the finished rows of the semi-supervised benchmark -> metrics/ssl_benchmark.json.
+"""DVC stage `ssl_aggregate`: the finished rows of the semi-supervised benchmark -> metrics/ssl_benchmark.json,
+and the few figures `dvc metrics show` lists -> metrics/ssl_headline.json.
 
 Kept apart from training.ssl_benchmark so a change here never re-runs a training row.
 """
@@ -13,6 +14,8 @@ from runtime import files
 from training import cli, params
 
 SUMMARY = Path("metrics/ssl_benchmark.json")
+HEADLINE = Path("metrics/ssl_headline.json")
+HEADLINE_ARM = "stpg"  # the method the project is built on
 GATE_POINTS = 0.05  # full-label must beat 1/n supervised by 5 mIoU points ...
 GATE_SPREADS = 3  # ... and by 3x the larger spread between two seeds
 
@@ -54,6 +57,16 @@ def summarise(rows: list[dict], arms: list[str], seeds: list[int]) -> dict:
     return summary
 
 
+def headline(summary: dict) -> dict:
+    """STPG's mean mIoU, mean paired gain over supervised training and share of the gap recovered,
+    beside the gap itself (fractions, like every metrics file; None while a row is missing)."""
+    gains = summary["paired_gain"].get(HEADLINE_ARM, {})
+    return {HEADLINE_ARM: {"miou": summary["arms"].get(HEADLINE_ARM, {}).get("mean"),
+                           "gain": round(statistics.fmean(gains.values()), 6) if gains else None,
+                           "gap_recovered": summary.get("recovered", {}).get(HEADLINE_ARM)},
+            "headroom": summary.get("gate", {}).get("headroom")}
+
+
 def aggregate(params_path: str = "params.yaml") -> dict:
     ssl = params.load("ssl_benchmark", params_path)
     rows = []
@@ -64,6 +77,7 @@ def aggregate(params_path: str = "params.yaml") -> dict:
                 rows.append(json.loads(path.read_text()))
     summary = summarise(rows, ssl.arms, ssl.seeds)
     files.write_json(SUMMARY, summary)
+    files.write_json(HEADLINE, headline(summary))
     print(f"ssl benchmark: {len(rows)} rows, {len(summary['missing'])} missing -> {SUMMARY}")
     return summary
 
