@@ -4,7 +4,9 @@ Per frame: the decoded frame is copied into a pinned buffer and uploaded once; t
 preprocess writes the network input into a device buffer that the engine reads where it lies
 (TensorRT tensor addresses, ONNX Runtime I/O binding); the logits stay on the device for the
 fused upsample + argmax and the blend, which paints into the uploaded frame; the overlay comes
-back in one download (the labels too, only when a sink asks for them).
+back in one download (the labels too, only when a sink asks for them). Letterboxing is the CPU
+path's (Processor.region): the preprocess fills the frame's region of the input and pads it with
+the mean colour, and the padding is cut off the outputs by the tables that read them, not by a copy.
 
 GpuProcessor has Processor's stage methods, so run_pipeline drives it unchanged. Each method
 waits for its stream before returning: the next stage, in another thread, reads finished
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,6 +28,14 @@ from runtime.engines.base import Engine, EngineError
 from runtime.pipeline import Processor
 
 DEVICES = ("cpu", "cuda")
+
+
+class CroppedLabels(NamedTuple):
+    """Device labels of the whole network input and the rectangle (top, left, height, width) of
+    them that covers the frame: a letterboxed frame's labels, its padding left where it lies."""
+
+    labels: object
+    box: tuple[int, int, int, int]
 
 
 def open_processor(engine: Engine, device: str = "cpu", *, alpha: float = 0.5) -> Processor:
@@ -51,6 +62,7 @@ class GpuProcessor(Processor):
         self._upload_stream, self._pre_stream, self._post_stream = (self.device.new_stream() for _ in range(3))
         self._staging: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
         self._upload_lock = threading.Lock()  # the preprocess stage uploads; a caller of render may too
+        self._boxes: dict[tuple, tuple[int, int, int, int]] = {}
 
     def upload(self, frame_bgr: np.ndarray):
         """The frame on the device, through a pinned buffer of its size (one host copy, one DMA);
@@ -77,7 +89,8 @@ class GpuProcessor(Processor):
         if out is None:
             out = self.device.empty(self._input_shape, self._input_dtype)
         self.ops.preprocess(frame, self.contract.input_size, self.contract.mean, self.contract.std,
-                            layout=self.contract.input_layout, out=out, stream=self._pre_stream)
+                            layout=self.contract.input_layout, out=out, stream=self._pre_stream,
+                            region=self.region(frame.shape[:2]))
         self.device.synchronize(self._pre_stream)
         return out.reshape((1, *self._input_shape))
 
@@ -85,26 +98,44 @@ class GpuProcessor(Processor):
         return self.engine.infer_device(batch)
 
     def postprocess(self, output, frame_hw: tuple[int, int]):
-        """uint8 labels on the device: frame size from low-resolution logits, input size otherwise."""
+        """uint8 labels on the device: frame size from low-resolution logits, input size otherwise
+        (as CroppedLabels where a letterboxed frame covers only part of them)."""
         first = output[0]
         kind = self.contract.output_kind
+        box = self._output_box(first, self.region(frame_hw))
         if kind == "labels":
             _, _, dtype = array_view(first, "labels")
             if dtype != np.uint8:
                 raise EngineError(f"the GPU frame path takes uint8 labels; {self.engine.path.name} gives {dtype} "
                                   "(re-export with `python -m export.run`)")
-            return first
+            return first if box is None else CroppedLabels(first, box)
         if kind == "lowres_logits":
-            labels = self.ops.upsample_argmax(first, tuple(frame_hw), stream=self._post_stream)
+            labels = self.ops.upsample_argmax(first, tuple(frame_hw), stream=self._post_stream, region=box)
         else:
             labels = self.ops.argmax(first, stream=self._post_stream)
         self.device.synchronize(self._post_stream)
-        return labels
+        return labels if box is None or kind == "lowres_logits" else CroppedLabels(labels, box)
+
+    def _output_box(self, output, region) -> tuple[int, int, int, int] | None:
+        """(top, left, height, width) of an output that Processor._crop keeps for `region` (the
+        CPU path's own rule, applied to index grids); None for all of it."""
+        if region is None:
+            return None
+        _, shape, _ = array_view(output, "output")
+        out_h, out_w = shape[-2:]
+        key = (region, out_h, out_w)
+        if key not in self._boxes:
+            rows = self._crop(np.broadcast_to(np.arange(out_h)[:, None], (out_h, out_w)), region)
+            cols = self._crop(np.broadcast_to(np.arange(out_w), (out_h, out_w)), region)
+            self._boxes[key] = (int(rows[0, 0]), int(cols[0, 0]), *rows.shape)
+        return self._boxes[key]
 
     def render(self, frame_bgr, labels, out: np.ndarray | None = None) -> np.ndarray:
         """The overlay, blended into the device frame and downloaded into `out` (pinned, reused)."""
         frame = self.upload(frame_bgr)
-        self.ops.blend(frame, labels, self.palette, self.alpha, out=frame, stream=self._post_stream)
+        labels, box = labels if isinstance(labels, CroppedLabels) else (labels, None)
+        self.ops.blend(frame, labels, self.palette, self.alpha, out=frame, stream=self._post_stream,
+                       labels_region=box)
         if out is None or out.shape != frame.shape:
             out = self.device.pinned_empty(frame.shape, np.uint8)
         self.device.download(frame, out, stream=self._post_stream)
@@ -112,7 +143,11 @@ class GpuProcessor(Processor):
         return out
 
     def frame_labels(self, labels, frame_hw: tuple[int, int]) -> np.ndarray:
-        """The label map downloaded and sampled to frame size, as the overlay shows it."""
+        """The label map downloaded (its frame's rectangle) and sampled to frame size, as the overlay shows it."""
+        if isinstance(labels, CroppedLabels):
+            top, left, height, width = labels.box
+            host = self.device.download(labels.labels)[top:top + height, left:left + width]
+            return Processor.frame_labels(np.ascontiguousarray(host), frame_hw)
         return Processor.frame_labels(self.device.download(labels), frame_hw)
 
     def close(self) -> None:

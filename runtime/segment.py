@@ -159,7 +159,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--letterbox", default="auto", choices=LETTERBOX_MODES,
                         help="fit frames into the network input with their aspect ratio kept, padded with the mean "
                         f"colour (cut off again in the labels); auto: when it is more than {LETTERBOX_TOLERANCE * 100:.0f}%% "
-                        "off the input's, else stretch (default: auto; off with --device cuda)")
+                        "off the input's, else stretch (default: auto)")
     parser.add_argument("--gt-labels", type=Path, metavar="DIR",
                         help="score the labels (mIoU) against <frame:06d>.png trainIds in DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -170,11 +170,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.device == "cuda" and args.letterbox != "off":  # the CUDA preprocess stretches: say so, never pretend
-        if args.letterbox == "on":
-            parser.error("--letterbox on is not available with --device cuda yet (the CUDA preprocess stretches); "
-                         "use --letterbox off, or --device cpu to letterbox")
-        args.letterbox = "off"
     return args
 
 

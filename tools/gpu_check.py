@@ -2,8 +2,9 @@
 
     tools/gpu_check.sh [--out gpu_check.json]
 
-It runs the `gpu`-marked tests, compares every CUDA kernel with the NumPy reference on random
-inputs, times the pre/post ops and the GPU frame path at 1080p against the CPU C ops, and times
+It runs the `gpu`-marked tests and, for comparison, the same kernels compiled for the CPU
+(tests/runtime/test_kernels_host.py, which CI runs too), compares every CUDA kernel with the
+NumPy reference on random inputs, times the pre/post ops and the GPU frame path at 1080p against the CPU C ops, and times
 the STPG training step at the Cityscapes recipe (ResNet-50 v1c, 800x800, batch 3) in fp32 and
 bf16, then writes one JSON. Each step runs in a child process under its own time limit (all of
 them within 8 minutes), so a step that hangs or takes the driver down is recorded and the rest
@@ -43,7 +44,8 @@ CLASSES = 19
 FRAMES = 120
 DEFAULT_MODEL = ROOT / "models" / "export" / "gen_student.onnx"
 # Seconds per step; together 450, inside the 8 minutes with start-up and the probe.
-STEP_LIMITS_S = {"tests": 130, "kernels": 25, "ops": 60, "frame_path": 130, "training": 110}
+STEP_LIMITS_S = {"tests": 105, "host_kernels": 20, "kernels": 25, "ops": 60, "frame_path": 130, "training": 110}
+HOST_KERNEL_TESTS = "tests/runtime/test_kernels_host.py"
 TRAINING_COMMAND = ["-m", "training.bench_step", "--methods", "stpg", "--precisions", "fp32", "bf16",
                     "--backbone", "resnet50_v1c", "--crop", "800", "--batch", "3", "--iters", "4", "--warmup", "2",
                     "--device", "cuda"]
@@ -326,11 +328,21 @@ def gpu_tests(scratch: Path) -> dict:
     """pytest -m gpu over the test files that have gpu-marked tests; counts and failures."""
     test_files = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "tests").rglob("test_*.py")
                         if "mark.gpu" in path.read_text())
-    report_path = scratch / "gpu_tests.xml"
-    done, seconds = run_child([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider",
-                               f"--junitxml={report_path}", *test_files], STEP_LIMITS_S["tests"])
+    return pytest_run(["-m", "gpu", *test_files], test_files, scratch / "gpu_tests.xml", "tests")
+
+
+def host_kernel_tests(scratch: Path) -> dict:
+    """The kernels compiled for the CPU against the reference, beside the GPU's own results: where
+    the GPU fails and these pass, the difference is the device's, not the kernel code's."""
+    return pytest_run([HOST_KERNEL_TESTS], [HOST_KERNEL_TESTS], scratch / "host_kernels.xml", "host_kernels")
+
+
+def pytest_run(arguments: list[str], test_files: list[str], report_path: Path, step: str) -> dict:
+    """pytest in a child under the step's limit; counts, failures and skip reasons from its JUnit report."""
+    done, seconds = run_child([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                               f"--junitxml={report_path}", *arguments], STEP_LIMITS_S[step])
     if done is None or not report_path.exists():
-        reason = f"ran out of its {STEP_LIMITS_S['tests']} s" if done is None else f"pytest exited {done.returncode}"
+        reason = f"ran out of its {STEP_LIMITS_S[step]} s" if done is None else f"pytest exited {done.returncode}"
         return {"pass": False, "error": reason, "files": test_files, "seconds": seconds}
     suite = ElementTree.parse(report_path).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
@@ -379,6 +391,7 @@ def check(out: Path) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as scratch:
         report["gpu_tests"] = gpu_tests(Path(scratch))
+        report["host_kernel_tests"] = host_kernel_tests(Path(scratch))
         for name in STEPS:
             report[name] = run_step(name, Path(scratch))
         report["training_step"] = training_step(gpus)

@@ -9,8 +9,66 @@
 // Half floats are raw 16-bit words converted with the PTX cvt instructions that __half2float
 // and __float2half_rn compile to, so no header is needed: nvcc (pycuda) and NVRTC (CuPy) build
 // this file alike, where NVRTC's cuda_fp16.h varies with the CUDA version installed.
+//
+// The tests also compile this file for the CPU (tests/runtime/host_cuda/cuda_host_shim.h runs
+// the launch grid as loops). Only device compilation defines __CUDA_ARCH__, so there the PTX
+// below is used and the device code is unchanged by the host conversions, which exist for the
+// host passes alone (the tests' CPU build, and nvcc's own host pass, which must see them too).
+
+#ifndef __CUDA_ARCH__
+#include <cstring>
+#endif
 
 namespace {
+
+#ifndef __CUDA_ARCH__
+// cvt.f32.f16 on the host: every half is exactly a float (NaN payloads kept).
+__device__ __forceinline__ float host_half_to_float(unsigned short half)
+{
+    const unsigned sign = (half & 0x8000u) << 16, exponent = (half >> 10) & 0x1fu, mantissa = half & 0x3ffu;
+    unsigned bits;
+    if (exponent == 0x1f)  // inf, NaN
+        bits = sign | 0x7f800000u | (mantissa << 13);
+    else if (exponent != 0)  // normal: rebias 15 -> 127
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    else {  // zero or subnormal: mantissa * 2^-24, exact in float
+        const float magnitude = (float)mantissa * 5.9604644775390625e-8f;
+        std::memcpy(&bits, &magnitude, sizeof bits);
+        bits |= sign;
+    }
+    float value;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+// cvt.rn.f16.f32 on the host: round to nearest, ties to even; beyond the largest half, inf.
+__device__ __forceinline__ unsigned short host_float_to_half_rn(float value)
+{
+    unsigned bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    const unsigned sign = (bits >> 16) & 0x8000u, magnitude = bits & 0x7fffffffu;
+    if (magnitude > 0x7f800000u)  // NaN: a quiet NaN of the same sign (outside the kernels' contract)
+        return (unsigned short)(sign | 0x7e00u);
+    if (magnitude >= 0x47800000u)  // >= 2^16 (and inf): inf
+        return (unsigned short)(sign | 0x7c00u);
+    unsigned kept, dropped, halfway;
+    if (magnitude >= 0x38800000u) {  // >= 2^-14: a normal half, 13 mantissa bits dropped
+        kept = (magnitude - (112u << 23)) >> 13;
+        dropped = magnitude & 0x1fffu;
+        halfway = 0x1000u;
+    } else {  // a subnormal half: units of 2^-24 from the 24-bit significand
+        const unsigned exponent = magnitude >> 23;
+        if (exponent < 102)  // below 2^-25: rounds to zero
+            return (unsigned short)sign;
+        const unsigned significand = (magnitude & 0x7fffffu) | 0x800000u, shift = 126 - exponent;  // 14..24
+        kept = significand >> shift;
+        dropped = significand & ((1u << shift) - 1);
+        halfway = 1u << (shift - 1);
+    }
+    kept += dropped > halfway || (dropped == halfway && (kept & 1u));  // a carry moves to the next exponent
+    return (unsigned short)(sign | kept);
+}
+#endif
 
 struct half_word {
     unsigned short bits;
@@ -19,36 +77,51 @@ struct half_word {
 __device__ __forceinline__ float load_logit(const float *p) { return *p; }
 __device__ __forceinline__ float load_logit(const half_word *p)
 {
+#ifdef __CUDA_ARCH__
     float value;
     asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(p->bits));
     return value;
+#else
+    return host_half_to_float(p->bits);
+#endif
 }
 
 __device__ __forceinline__ void store_input(float *p, float v) { *p = v; }
 __device__ __forceinline__ void store_input(half_word *p, float v)
 {
+#ifdef __CUDA_ARCH__
     unsigned short bits;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(bits) : "f"(v));  // round to nearest even
     p->bits = bits;
+#else
+    p->bits = host_float_to_half_rn(v);
+#endif
 }
 
 // reference.preprocess, layout "nchw_float": vertical lerp, horizontal lerp, then
-// (v / 255 - mean) / std into RGB planes.
+// (v / 255 - mean) / std into RGB planes. The frame fills the region (top, left, rh, rw) of the
+// h x w input, whose taps the tables hold; the rest is 0.0, the mean colour normalised.
 template <typename Out>
-__device__ void preprocess_nchw(const unsigned char *frame, int src_w, int h, int w, const int *y0,
-                                const int *y1, const float *fy, const int *x0, const int *x1,
-                                const float *fx, float mean_r, float mean_g, float mean_b, float std_r,
-                                float std_g, float std_b, Out *out)
+__device__ void preprocess_nchw(const unsigned char *frame, int src_w, int h, int w, int region_top,
+                                int region_left, int region_h, int region_w, const int *y0, const int *y1,
+                                const float *fy, const int *x0, const int *x1, const float *fx, float mean_r,
+                                float mean_g, float mean_b, float std_r, float std_g, float std_b, Out *out)
 {
     const int dx = blockIdx.x * blockDim.x + threadIdx.x, dy = blockIdx.y * blockDim.y + threadIdx.y;
     if (dx >= w || dy >= h)
         return;
-    const unsigned char *top = frame + (size_t)y0[dy] * src_w * 3;
-    const unsigned char *bottom = frame + (size_t)y1[dy] * src_w * 3;
-    const float wy = fy[dy], wy0 = 1.0f - wy, wx = fx[dx], wx0 = 1.0f - wx;
-    const int left = 3 * x0[dx], right = 3 * x1[dx];
-    const float mean[3] = {mean_r, mean_g, mean_b}, stdev[3] = {std_r, std_g, std_b};
     const size_t plane = (size_t)h * w, at = (size_t)dy * w + dx;
+    const int ry = dy - region_top, rx = dx - region_left;
+    if (ry < 0 || ry >= region_h || rx < 0 || rx >= region_w) {
+        for (int c = 0; c < 3; c++)
+            store_input(out + c * plane + at, 0.0f);
+        return;
+    }
+    const unsigned char *top = frame + (size_t)y0[ry] * src_w * 3;
+    const unsigned char *bottom = frame + (size_t)y1[ry] * src_w * 3;
+    const float wy = fy[ry], wy0 = 1.0f - wy, wx = fx[rx], wx0 = 1.0f - wx;
+    const int left = 3 * x0[rx], right = 3 * x1[rx];
+    const float mean[3] = {mean_r, mean_g, mean_b}, stdev[3] = {std_r, std_g, std_b};
     for (int c = 0; c < 3; c++) {  // RGB plane c reads BGR channel 2 - c
         const int ch = 2 - c;
         const float row_left = wy0 * (float)top[left + ch] + wy * (float)bottom[left + ch];
@@ -111,38 +184,47 @@ __device__ void argmax_impl(const T *logits, int classes, int pixels, unsigned c
 
 extern "C" {
 
-__global__ void preprocess_nchw_f32(const unsigned char *frame, int src_w, int h, int w, const int *y0,
-                                    const int *y1, const float *fy, const int *x0, const int *x1,
-                                    const float *fx, float mean_r, float mean_g, float mean_b, float std_r,
-                                    float std_g, float std_b, float *out)
+__global__ void preprocess_nchw_f32(const unsigned char *frame, int src_w, int h, int w, int region_top,
+                                    int region_left, int region_h, int region_w, const int *y0, const int *y1,
+                                    const float *fy, const int *x0, const int *x1, const float *fx, float mean_r,
+                                    float mean_g, float mean_b, float std_r, float std_g, float std_b, float *out)
 {
-    preprocess_nchw<float>(frame, src_w, h, w, y0, y1, fy, x0, x1, fx, mean_r, mean_g, mean_b, std_r, std_g,
-                           std_b, out);
+    preprocess_nchw<float>(frame, src_w, h, w, region_top, region_left, region_h, region_w, y0, y1, fy, x0, x1, fx,
+                           mean_r, mean_g, mean_b, std_r, std_g, std_b, out);
 }
 
-__global__ void preprocess_nchw_f16(const unsigned char *frame, int src_w, int h, int w, const int *y0,
-                                    const int *y1, const float *fy, const int *x0, const int *x1,
-                                    const float *fx, float mean_r, float mean_g, float mean_b, float std_r,
-                                    float std_g, float std_b, half_word *out)
+__global__ void preprocess_nchw_f16(const unsigned char *frame, int src_w, int h, int w, int region_top,
+                                    int region_left, int region_h, int region_w, const int *y0, const int *y1,
+                                    const float *fy, const int *x0, const int *x1, const float *fx, float mean_r,
+                                    float mean_g, float mean_b, float std_r, float std_g, float std_b,
+                                    half_word *out)
 {
-    preprocess_nchw<half_word>(frame, src_w, h, w, y0, y1, fy, x0, x1, fx, mean_r, mean_g, mean_b, std_r, std_g,
-                            std_b, out);
+    preprocess_nchw<half_word>(frame, src_w, h, w, region_top, region_left, region_h, region_w, y0, y1, fy, x0, x1,
+                               fx, mean_r, mean_g, mean_b, std_r, std_g, std_b, out);
 }
 
 // reference.preprocess, layout "nhwc_uint8": exact integers with weights in 1/2048,
-// (sum + 2^21) >> 22, RGB bytes.
-__global__ void preprocess_nhwc_u8(const unsigned char *frame, int src_w, int h, int w, const int *y0,
-                                   const int *y1, const int *qy, const int *x0, const int *x1, const int *qx,
-                                   unsigned char *out)
+// (sum + 2^21) >> 22, RGB bytes; outside the region, the padding bytes pad_r, pad_g, pad_b.
+__global__ void preprocess_nhwc_u8(const unsigned char *frame, int src_w, int h, int w, int region_top,
+                                   int region_left, int region_h, int region_w, const int *y0, const int *y1,
+                                   const int *qy, const int *x0, const int *x1, const int *qx, int pad_r, int pad_g,
+                                   int pad_b, unsigned char *out)
 {
     const int dx = blockIdx.x * blockDim.x + threadIdx.x, dy = blockIdx.y * blockDim.y + threadIdx.y;
     if (dx >= w || dy >= h)
         return;
-    const unsigned char *top = frame + (size_t)y0[dy] * src_w * 3;
-    const unsigned char *bottom = frame + (size_t)y1[dy] * src_w * 3;
-    const int wy = qy[dy], wy0 = 2048 - wy, wx = qx[dx], wx0 = 2048 - wx;
-    const int left = 3 * x0[dx], right = 3 * x1[dx];
     unsigned char *dst = out + ((size_t)dy * w + dx) * 3;
+    const int ry = dy - region_top, rx = dx - region_left;
+    if (ry < 0 || ry >= region_h || rx < 0 || rx >= region_w) {
+        dst[0] = (unsigned char)pad_r;
+        dst[1] = (unsigned char)pad_g;
+        dst[2] = (unsigned char)pad_b;
+        return;
+    }
+    const unsigned char *top = frame + (size_t)y0[ry] * src_w * 3;
+    const unsigned char *bottom = frame + (size_t)y1[ry] * src_w * 3;
+    const int wy = qy[ry], wy0 = 2048 - wy, wx = qx[rx], wx0 = 2048 - wx;
+    const int left = 3 * x0[rx], right = 3 * x1[rx];
     for (int c = 0; c < 3; c++) {
         const int ch = 2 - c;
         const int row_left = wy0 * top[left + ch] + wy * bottom[left + ch];

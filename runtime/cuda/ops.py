@@ -32,9 +32,9 @@ LINEAR_BLOCK = (256, 1, 1)
 
 # Kernel parameters: P pointer, i int32, f float32.
 SIGNATURES = {
-    "preprocess_nchw_f32": "PiiiPPPPPPffffffP",
-    "preprocess_nchw_f16": "PiiiPPPPPPffffffP",
-    "preprocess_nhwc_u8": "PiiiPPPPPPP",
+    "preprocess_nchw_f32": "PiiiiiiiPPPPPPffffffP",
+    "preprocess_nchw_f16": "PiiiiiiiPPPPPPffffffP",
+    "preprocess_nhwc_u8": "PiiiiiiiPPPPPPiiiP",
     "upsample_argmax_f32": "PiiiiiPPPPPPP",
     "upsample_argmax_f16": "PiiiiiPPPPPPP",
     "argmax_f32": "PiiP",
@@ -142,41 +142,47 @@ class CudaOps:
     # -- ops ------------------------------------------------------------------------------
 
     def preprocess(self, frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float32, out=None,
-                   stream=None):
-        """reference.preprocess on the device: (3, h, w) float32/float16 or (h, w, 3) uint8."""
+                   stream=None, region=None):
+        """reference.preprocess on the device: (3, h, w) float32/float16 or (h, w, 3) uint8,
+        letterboxed into `region` (top, left, height, width) when given."""
         op = "preprocess"
         height, width = reference.parse_size(op, "out_hw", out_hw)
         mean = [float(v) for v in np.float32(reference.parse_triplet(op, "mean", mean))]
         std = [float(v) for v in np.float32(reference.parse_triplet(op, "std", std, positive=True))]
         layout = reference.parse_layout(op, layout)
         out_dtype = reference.parse_float_dtype(op, dtype)
+        region = reference.parse_region(op, region, (height, width))
         with self._call(stream) as staged:
             frame = self._frame(op, frame_bgr, stream, staged)
             src_h, src_w = frame.shape[:2]
-            y0, y1, fy, qy = self._taps("half_pixel", src_h, height)
-            x0, x1, fx, qx = self._taps("half_pixel", src_w, width)
+            y0, y1, fy, qy = self._taps("half_pixel", src_h, region[2])
+            x0, x1, fx, qx = self._taps("half_pixel", src_w, region[3])
             if layout == "nhwc_uint8":
                 result, pointer = self._output(op, out, (height, width, 3), np.uint8)
                 self._kernels["preprocess_nhwc_u8"](
-                    _pixel_grid(height, width), PIXEL_BLOCK, stream, frame.pointer, src_w, height, width,
-                    y0.pointer, y1.pointer, qy.pointer, x0.pointer, x1.pointer, qx.pointer, pointer)
+                    _pixel_grid(height, width), PIXEL_BLOCK, stream, frame.pointer, src_w, height, width, *region,
+                    y0.pointer, y1.pointer, qy.pointer, x0.pointer, x1.pointer, qx.pointer,
+                    *(int(v) for v in reference.pad_bytes(mean)), pointer)
                 return result
             result, pointer = self._output(op, out, (3, height, width), out_dtype)
             kernel = "preprocess_nchw_f16" if out_dtype == np.float16 else "preprocess_nchw_f32"
             self._kernels[kernel](
-                _pixel_grid(height, width), PIXEL_BLOCK, stream, frame.pointer, src_w, height, width,
+                _pixel_grid(height, width), PIXEL_BLOCK, stream, frame.pointer, src_w, height, width, *region,
                 y0.pointer, y1.pointer, fy.pointer, x0.pointer, x1.pointer, fx.pointer, *mean, *std, pointer)
             return result
 
-    def upsample_argmax(self, lowres, out_hw, out=None, stream=None):
-        """reference.upsample_argmax on device logits: (H, W) uint8 labels."""
+    def upsample_argmax(self, lowres, out_hw, out=None, stream=None, region=None):
+        """reference.upsample_argmax on device logits: (H, W) uint8 labels. With `region`
+        (top, left, height, width), of the logits in that rectangle only, read where they lie:
+        the tables index into the whole array (a letterboxed input's padding cut off, no copy)."""
         op = "upsample_argmax"
         height, width = reference.parse_size(op, "out_hw", out_hw)
         with self._call(stream) as staged:
             logits = self._logits(op, lowres, stream, staged)
             classes, h, w = logits.shape
-            y0, y1, fy, _ = self._taps("align_corners", h, height)
-            x0, x1, fx, _ = self._taps("align_corners", w, width)
+            top, left, region_h, region_w = reference.parse_region(op, region, (h, w))
+            y0, y1, fy, _ = self._taps("align_corners", region_h, height, top)
+            x0, x1, fx, _ = self._taps("align_corners", region_w, width, left)
             labels, pointer = self._output(op, out, (height, width), np.uint8)
             kernel = "upsample_argmax_f16" if logits.dtype == np.float16 else "upsample_argmax_f32"
             self._kernels[kernel](
@@ -196,8 +202,10 @@ class CudaOps:
                                   logits.pointer, classes, height * width, pointer)
             return labels
 
-    def blend(self, frame_bgr, labels, palette_rgb, alpha, out=None, stream=None):
-        """reference.blend on the device: (H, W, 3) uint8 BGR; `out` may be the device frame."""
+    def blend(self, frame_bgr, labels, palette_rgb, alpha, out=None, stream=None, labels_region=None):
+        """reference.blend on the device: (H, W, 3) uint8 BGR; `out` may be the device frame.
+        With `labels_region` (top, left, height, width), the labels in that rectangle cover the
+        frame, read where they lie (a letterboxed input's labels without their padding)."""
         op = "blend"
         weight = reference.quantise_alpha(op, alpha)
         with self._call(stream) as staged:
@@ -205,9 +213,10 @@ class CudaOps:
             labels = self._input(op, "labels", labels, (np.uint8,), 2, "(h, w)", stream, staged)
             palette = self._palette(op, palette_rgb)
             height, width = frame.shape[:2]
-            label_h, label_w = labels.shape
-            rows = self._nearest(label_h, height)
-            cols = self._nearest(label_w, width)
+            label_w = labels.shape[1]
+            top, left, region_h, region_w = reference.parse_region(op, labels_region, labels.shape)
+            rows = self._nearest(region_h, height, top)
+            cols = self._nearest(region_w, width, left)
             result, pointer = self._output(op, out, (height, width, 3), np.uint8)
             self._kernels["blend"](
                 _pixel_grid(height, width), PIXEL_BLOCK, stream, frame.pointer, height, width, labels.pointer,
@@ -275,17 +284,20 @@ class CudaOps:
                                 f"{shape}, got {got_dtype} {got_shape}")
         return out, pointer
 
-    def _taps(self, kind, in_size, out_size):
-        """The reference's taps for one axis, uploaded once per size pair."""
-        key = (kind, in_size, out_size)
+    def _taps(self, kind, in_size, out_size, offset=0):
+        """The reference's taps for one axis, their indices moved by `offset` (where the sampled
+        rectangle starts), uploaded once per size pair and offset."""
+        key = (kind, in_size, out_size, offset)
         if key not in self._tables:
             make = reference.half_pixel_taps if kind == "half_pixel" else reference.align_corners_taps
+            i0, i1, frac, frac_q = make(in_size, out_size)
             self._tables[key] = tuple(self.device.to_device(np.ascontiguousarray(t))
-                                      for t in make(in_size, out_size))
+                                      for t in (i0 + np.int32(offset), i1 + np.int32(offset), frac, frac_q))
         return self._tables[key]
 
-    def _nearest(self, in_size, out_size):
-        key = ("nearest", in_size, out_size)
+    def _nearest(self, in_size, out_size, offset=0):
+        key = ("nearest", in_size, out_size, offset)
         if key not in self._tables:
-            self._tables[key] = self.device.to_device(reference.nearest_indices(in_size, out_size))
+            indices = reference.nearest_indices(in_size, out_size) + np.int32(offset)
+            self._tables[key] = self.device.to_device(indices)
         return self._tables[key]

@@ -4,6 +4,8 @@ Each records the calls made to it and enforces the documented contract the host 
 (a CUDA context must be current in the calling thread, set_input_shape answers False outside the
 profile, a timing cache from elsewhere is refused...), raising where the real library would fail.
 Device memory is emulated with host bytes, so copies and the stand-in network move real data.
+With `pycuda_device(kernels=...)` the launches run the real kernels.cu compiled for the CPU
+(tests/runtime/host_cuda) on those bytes, so the GPU code computes real results.
 """
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
+
+from runtime.engines import check_batch
+from runtime.engines.base import Engine
 
 REAL_SESSION = onnxruntime.InferenceSession  # kept before any test replaces it
 
@@ -42,6 +47,7 @@ class StandInDriver:
         self.copies: list[tuple[str, int]] = []  # ("htod" | "dtoh", bytes)
         self.retains = 0
         self._memory: dict[int, np.ndarray] = {}
+        self._memory_lock = threading.Lock()  # allocations come from every pipeline stage thread
         self._next_pointer = 1 << 20
         self.Context = types.SimpleNamespace(pop=self._pop, synchronize=self._synchronize,
                                              get_current=self._get_current)
@@ -80,17 +86,30 @@ class StandInDriver:
 
     def allocate(self, nbytes: int) -> int:
         self.require_context("mem_alloc")
-        pointer = self._next_pointer
-        self._memory[pointer] = np.zeros(nbytes, np.uint8)
-        self._next_pointer += (nbytes + 255) // 256 * 256 + 256
+        with self._memory_lock:
+            pointer = self._next_pointer
+            self._memory[pointer] = np.zeros(nbytes, np.uint8)
+            self._next_pointer += (nbytes + 255) // 256 * 256 + 256
         return pointer
+
+    def _blocks(self) -> list[tuple[int, np.ndarray]]:
+        with self._memory_lock:
+            return list(self._memory.items())
 
     def device_bytes(self, pointer: int, nbytes: int) -> np.ndarray:
         """The emulated device bytes at `pointer` (a view), for stand-ins and tests."""
-        for base, block in self._memory.items():
+        for base, block in self._blocks():
             if base <= pointer and pointer + nbytes <= base + block.size:
                 return block[pointer - base:pointer - base + nbytes]
         raise StandInCudaError(f"invalid device pointer {pointer:#x} (+{nbytes} bytes)")
+
+    def host_address(self, pointer: int) -> int:
+        """Where device `pointer` lies in host memory, for host-compiled kernels; a pointer
+        outside every allocation (a host pointer passed as a device one) raises, as it would fault."""
+        for base, block in self._blocks():
+            if base <= pointer < base + block.size:
+                return block.ctypes.data + pointer - base
+        raise StandInCudaError(f"kernel argument {pointer:#x} is not device memory: illegal address")
 
     def memcpy_htod_async(self, destination, source: np.ndarray, stream=None):
         self.require_context("memcpy_htod_async")
@@ -256,14 +275,51 @@ class StandInSourceModule:
         return Function()
 
 
-def pycuda_device(driver: StandInDriver | None = None, index: int = 0):
-    """A runtime.cuda PycudaDevice over the stand-ins, and its driver and module."""
+class HostKernelModule(StandInSourceModule):
+    """Stands in for pycuda.compiler.SourceModule with kernels that compute: the source it is
+    given (kernels.cu) is compiled for the CPU (tests/runtime/host_cuda) into `build_dir`, and a
+    prepared launch runs the kernel over its whole grid at once (the stream's work is done when
+    the call returns, so every synchronisation the host code does is trivially met). Pointer
+    arguments must be device memory of the driver; they are translated to where it lies."""
+
+    def __init__(self, driver: StandInDriver, build_dir: Path):
+        super().__init__(driver)
+        self._build_dir = build_dir
+
+    def __call__(self, source, options=(), no_extern_c=False):
+        from tests.runtime.host_cuda import build
+
+        super().__call__(source, options, no_extern_c)
+        self._kernels = build(source, options, self._build_dir)
+        return self
+
+    def get_function(self, name):
+        module = self
+
+        class Function:
+            def prepare(self, formats):
+                self.formats = formats
+                self.run = module._kernels.kernel(name, formats)
+                return self
+
+            def prepared_async_call(self, grid, block, stream, *args):
+                module._driver.require_context(f"launch {name}")
+                module.launches.append((name, grid, block, stream, args))
+                self.run(grid, block, *(module._driver.host_address(value) if code == "P" else value
+                                        for code, value in zip(self.formats, args)))
+
+        return Function()
+
+
+def pycuda_device(driver: StandInDriver | None = None, index: int = 0, kernels: Path | None = None):
+    """A runtime.cuda PycudaDevice over the stand-ins, and its driver and module; with `kernels`
+    (a build folder), the module runs the real kernels compiled for the CPU there."""
     from runtime.cuda.device import PycudaDevice
 
     driver = driver or StandInDriver()
     tools = types.SimpleNamespace(DeviceMemoryPool=lambda: StandInDevicePool(driver),
                                   PageLockedMemoryPool=lambda: StandInPinnedPool(driver))
-    module = StandInSourceModule(driver)
+    module = StandInSourceModule(driver) if kernels is None else HostKernelModule(driver, kernels)
     module.launches = []
     return PycudaDevice(index, driver, tools, module), driver, module
 
@@ -593,3 +649,46 @@ class StandInBinding:
         if not self.ran:
             raise RuntimeError("synchronize_outputs before run_with_iobinding")
         self.synchronized = True
+
+
+
+# ------------------------------------------------------------------------------ an engine on the stand-in device
+
+
+class StandInDeviceEngine(Engine):
+    """Stands in for a TensorRT engine of a segmentation network on the stand-in device: a fixed
+    per-pixel linear classifier of the normalised RGB input (average-pooled over 4 x 4 cells for
+    lowres_logits, arg-maxed for labels), in NumPy. infer_device reads and writes the emulated
+    device memory, infer host arrays, so the CPU and GPU frame paths run the very same network."""
+
+    name, on_device, path = "tensorrt", True, Path("stand-in.engine")
+
+    def __init__(self, contract, device, driver: StandInDriver, logits_dtype=np.float32, seed=0):
+        self.contract, self._device, self._driver, self._logits_dtype = contract, device, driver, logits_dtype
+        rng = np.random.default_rng(seed)
+        self.weight = rng.standard_normal((len(contract.classes), 3)).astype(np.float32)
+        self.bias = rng.standard_normal(len(contract.classes)).astype(np.float32)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        images = batch.astype(np.float32)
+        if self.contract.input_layout == "nhwc_uint8":  # normalised in-graph
+            mean, std = np.float32(self.contract.mean), np.float32(self.contract.std)
+            images = ((images / np.float32(255) - mean) / std).transpose(0, 3, 1, 2)
+        logits = np.einsum("kc,nchw->nkhw", self.weight, images) + self.bias[:, None, None]
+        if self.contract.output_kind == "lowres_logits":
+            n, k, h, w = logits.shape
+            logits = logits.reshape(n, k, h // 4, 4, w // 4, 4).mean(axis=(3, 5))
+        if self.contract.output_kind == "labels":
+            return np.argmax(logits, axis=1).astype(np.uint8)
+        return logits.astype(self._logits_dtype)
+
+    def infer(self, batch):
+        return self._run(check_batch(self.contract, batch))
+
+    def infer_device(self, batch):
+        pointer, shape, dtype = self.device_batch(batch)
+        images = self._driver.device_bytes(pointer, int(np.prod(shape)) * dtype.itemsize).view(dtype).reshape(shape)
+        result = np.ascontiguousarray(self._run(images))
+        out = self._device.empty(result.shape, result.dtype)
+        self._driver.device_bytes(out.pointer, result.nbytes)[:] = result.reshape(-1).view(np.uint8)
+        return out

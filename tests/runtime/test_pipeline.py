@@ -267,15 +267,6 @@ def test_segment_prints_its_thread_split_and_letterbox_and_names_the_default():
     assert (args.letterbox, args.threads, args.op_threads) == ("auto", None, None)
 
 
-def test_cuda_path_does_not_claim_a_letterbox_it_cannot_do(capsys):
-    """The CUDA preprocess stretches: auto becomes off there, and on is refused in one line."""
-    assert parse_args(["--model", "m.onnx", "--source", "v.mp4", "--device", "cuda"]).letterbox == "off"
-    with pytest.raises(SystemExit) as stop:
-        parse_args(["--model", "m.onnx", "--source", "v.mp4", "--device", "cuda", "--letterbox", "on"])
-    assert stop.value.code == 2
-    assert "--letterbox on is not available with --device cuda yet" in capsys.readouterr().err.splitlines()[-1]
-
-
 # ---------------------------------------------------------------------------------- runs
 
 

@@ -81,6 +81,26 @@ def test_gpu_tests_are_counted_from_the_junit_report(monkeypatch, tmp_path):
     assert "tests/runtime/test_cuda_ops.py" in result["files"]
 
 
+def test_host_kernel_tests_run_the_host_compiled_kernel_file_under_their_limit(monkeypatch, tmp_path):
+    report = """<testsuite tests="2" failures="0" errors="0" skipped="0">
+      <testcase classname="tests.runtime.test_kernels_host" name="test_a"/>
+      <testcase classname="tests.runtime.test_kernels_host" name="test_b"/></testsuite>"""
+    calls = []
+
+    def pytest_run(command, limit):
+        calls.append((command, limit))
+        junit = next(arg for arg in command if arg.startswith("--junitxml="))
+        Path(junit.split("=", 1)[1]).write_text(report)
+        return _completed()
+
+    monkeypatch.setattr(gpu_check, "run_child", pytest_run)
+    result = gpu_check.host_kernel_tests(tmp_path)
+    assert result["pass"] and (result["tests"], result["failures"]) == (2, 0)
+    [(command, limit)] = calls
+    assert command[-1] == "tests/runtime/test_kernels_host.py" and "-m" not in command[3:]
+    assert limit == gpu_check.STEP_LIMITS_S["host_kernels"] and sum(gpu_check.STEP_LIMITS_S.values()) == 450
+
+
 def test_a_step_that_crashes_is_recorded_not_raised(monkeypatch, tmp_path):
     crashed = _completed(stderr="Segmentation fault", code=139)
     monkeypatch.setattr(gpu_check, "run_child", lambda command, limit: crashed)
