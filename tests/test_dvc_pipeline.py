@@ -96,6 +96,10 @@ def test_whole_chain_reproduces_with_tiny_params(project_copy):
     stpg = read("metrics/ssl/stpg-1.json")
     assert stpg["num_labeled"] == 6 and stpg["params"]["train"]["iters"] == 4 and 0.0 <= stpg["miou"] <= 1.0
     assert "up to date" in project_copy("dvc", "status").stdout
+    shown = project_copy("dvc", "metrics", "show").stdout.splitlines()
+    assert max(map(len, shown)) <= 200, "\n".join(shown)  # a terminal shows it
+    assert sorted(line.split()[0] for line in shown[1:]) == [
+        "metrics/demo.json", "metrics/eval.json", "metrics/eval_baseline.json", "metrics/ssl_headline.json"]
 
 
 DEMO_TARGETS = ("evaluate", "evaluate_baseline", "export", "segment_demo", "benchmark")

@@ -78,8 +78,10 @@ def test_demo_summary_names_each_model_and_the_next_commands(tmp_path, monkeypat
     monkeypatch.setattr(report, "METRICS", tmp_path / "metrics")
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/eval.json").write_text(json.dumps({"miou": 0.1234, "pixel_acc": 0.8}))
+    (tmp_path / "metrics/demo.json").write_text(json.dumps({"int8": {"miou": 0.18181, "fps": 16.84, "p99_ms": 951.2}}))
     text = report.demo_summary()
-    assert "models/gen_student.pt: val mIoU 12.34" in text
+    assert "models/gen_student.pt: val mIoU 12.34 %" in text
+    assert "int8 artefact on the demo clip: mIoU 18.18 %, 16.8 FPS, p99 glass to glass 951 ms" in text
     assert "models/baseline.pt: val mIoU not evaluated" in text
     assert "outputs/demo_overlay.mp4 (missing)" in text and "make ssl-benchmark" in text
 
@@ -98,6 +100,9 @@ def test_superseded_protocols_render_from_their_archived_rows(tmp_path, monkeypa
     text = report.render_history()
     assert text.startswith("#### `metrics/ssl_history/1-16`")
     assert "= 4.00 points, seed spread 1.00: **not passed**" in text
+    summary["missing"] = ["supervised-3"]
+    assert report.render_ssl_benchmark(summary, [], superseded=True).endswith(
+        "Never run: supervised-3 (the protocol was superseded first; `make ssl-benchmark` runs the current one).")
 
 
 def test_precision_table_from_a_hand_made_probe():
@@ -109,3 +114,39 @@ def test_precision_table_from_a_hand_made_probe():
     assert "| stpg-1 | bfloat16 | 25.432 | 25.401 | 0 | 1.23 % | 80.00 % | 0.10 % |" in text
     assert "| stpg-1 | bfloat16 | 25.432 | 25.401 | 1 | 2.00 % | 50.00 % | - |" in text
     assert report.arm_name("stpg_fp32") == "STPG (Gen-Student), trained in fp32"
+
+
+def test_check_compares_with_the_committed_metrics_not_a_local_run(tmp_path, monkeypatch):
+    """`make demo` rewrites metrics/ with this machine's run; `--check` (make test) reads HEAD's."""
+    import subprocess
+
+    from tools.lock import Revision
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/eval.json").write_text(json.dumps({"miou": 0.1120, "pixel_acc": 0.6068}))
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "results")
+    (tmp_path / "metrics/eval.json").write_text(json.dumps({"miou": 0.5, "pixel_acc": 0.9}))  # a local run
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(report, "SOURCE", Revision("HEAD", tmp_path))
+    assert report._load("eval.json") == {"miou": 0.1120, "pixel_acc": 0.6068}
+    assert "| 11.20 | 60.68 |" in report.render_demo({"STPG": report._load("eval.json")})
+    monkeypatch.setattr(report, "SOURCE", Revision(None, tmp_path))
+    assert report._load("eval.json")["miou"] == 0.5
+
+
+def test_stale_results_are_marked_with_the_commit_that_holds_them(monkeypatch):
+    monkeypatch.setattr(report, "_stale", lambda: {"ssl_run@stpg-1": ["training/engine.py"], "export": ["export"]})
+    monkeypatch.setattr(report.SOURCE, "commit_of", lambda rel: {"metrics/ssl/stpg-1.json": "abc1234"}.get(rel))
+    rows = [ssl_row("supervised", 1, 0.20, 0.2), ssl_row("stpg", 1, 0.25, 0.9)]
+    summary = {"arms": {"supervised": {"mean": 0.20, "spread": 0.0, "seeds": 1},
+                        "stpg": {"mean": 0.25, "spread": 0.0, "seeds": 1}}, "paired_gain": {"stpg": {"1": 0.05}}}
+    text = report.render_ssl_benchmark(summary, rows, mark_stale=True)
+    assert "| STPG (Gen-Student) | 25.00* |" in text and "| supervised, labeled images only | 20.00 |" in text
+    assert ("**Stale** (rows marked *): code these ran on has changed since (training/engine.py). Each figure is "
+            "the one that ran, committed in: stpg-1 abc1234.") in text
+    assert "**Stale**" not in report.render_ssl_benchmark(summary, rows[:1], mark_stale=True)

@@ -42,8 +42,20 @@ def write_val_frames(val: list[tuple[Path, Path]], count: int, out_dir: Path) ->
             "kind": "val_frames", "frames": min(count, len(val))}
 
 
-def prepare(cfg: params.DataParams, out_dir: Path = OUT_DIR) -> tuple[int, int, Path]:
-    """Make or check the dataset of `cfg`, write `out_dir`/manifest.json and demo.json; (train, val) counts and root."""
+def demo_clip(cfg: params.DataParams, root: Path, val: list[tuple[Path, Path]], out_dir: Path) -> dict:
+    """The clip the runtime stages run on: the synthetic dashcam video, or the val images as frames."""
+    if cfg.dataset != "synthetic":
+        return write_val_frames(val, cfg.demo_frames, out_dir)
+    for stale in ("val_frames", "val_frames_labels"):  # from an earlier run on another dataset
+        shutil.rmtree(out_dir / stale, ignore_errors=True)
+    video = root / "video"
+    return {"source": datasets.portable(video / "dashcam.mp4"), "gt_labels": datasets.portable(video / "labels"),
+            "kind": "video", "frames": cfg.synthetic.video_frames}
+
+
+def prepare(cfg: params.DataParams, out_dir: Path = OUT_DIR, *, demo: bool = True) -> tuple[int, int, Path]:
+    """Make or check the dataset of `cfg`, write `out_dir`/manifest.json and (with `demo`) demo.json;
+    (train, val) counts and root."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.dataset == "synthetic":
         from training.data import synthetic
@@ -56,16 +68,11 @@ def prepare(cfg: params.DataParams, out_dir: Path = OUT_DIR) -> tuple[int, int, 
         root = Path(cfg.root)
     train = datasets.list_pairs(root, "train", cfg.dataset)
     val = datasets.list_pairs(root, "val", cfg.dataset)
-    if cfg.dataset == "synthetic":
-        video = root / "video"
-        demo = {"source": datasets.portable(video / "dashcam.mp4"), "gt_labels": datasets.portable(video / "labels"),
-                "kind": "video", "frames": cfg.synthetic.video_frames}
-        for stale in ("val_frames", "val_frames_labels"):  # from an earlier run on another dataset
-            shutil.rmtree(out_dir / stale, ignore_errors=True)
-    else:
-        demo = write_val_frames(val, cfg.demo_frames, out_dir)
     datasets.write_manifest(out_dir / "manifest.json", cfg.dataset, root, train, val)
-    files.write_json(out_dir / "demo.json", demo)
+    if demo:
+        files.write_json(out_dir / "demo.json", demo_clip(cfg, root, val, out_dir))
+    else:
+        (out_dir / "demo.json").unlink(missing_ok=True)
     return len(train), len(val), root
 
 

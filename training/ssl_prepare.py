@@ -18,7 +18,7 @@ def prepare(params_path: str) -> None:
     ssl = params.load("ssl_benchmark", params_path)
     prepared, splits_dir = ssl.data_dirs
     data_cfg = dataclasses.replace(params.load("data", params_path), dataset="synthetic", root=None, synthetic=ssl.data)
-    num_train, num_val, _ = prepare_stage.prepare(data_cfg, prepared)
+    num_train, num_val, _ = prepare_stage.prepare(data_cfg, prepared, demo=False)  # the rows need no clip
     with tempfile.TemporaryDirectory() as tmp:  # the split stage's own code, on the benchmark's split params
         split_params = Path(tmp) / "params.yaml"
         split_params.write_text(yaml.safe_dump(params.merged(params.load_raw(params_path), {"split": {
