@@ -264,6 +264,7 @@ class StandInSourceModule:
         class Function:
             def prepare(self, formats):
                 self.formats = formats
+                self.run = module.host_kernel(name, formats)
                 return self
 
             def prepared_async_call(self, grid, block, stream, *args):
@@ -271,8 +272,15 @@ class StandInSourceModule:
                 if len(args) != len(self.formats):
                     raise TypeError(f"{name} takes {len(self.formats)} arguments, got {len(args)}")
                 module.launches.append((name, grid, block, stream, args))
+                if self.run is not None:
+                    self.run(grid, block, *(module._driver.host_address(value) if code == "P" else value
+                                            for code, value in zip(self.formats, args)))
 
         return Function()
+
+    def host_kernel(self, name: str, formats: str):
+        """What computes a launch of `name`: nothing here (launches are only recorded)."""
+        return None
 
 
 class HostKernelModule(StandInSourceModule):
@@ -293,22 +301,8 @@ class HostKernelModule(StandInSourceModule):
         self._kernels = build(source, options, self._build_dir)
         return self
 
-    def get_function(self, name):
-        module = self
-
-        class Function:
-            def prepare(self, formats):
-                self.formats = formats
-                self.run = module._kernels.kernel(name, formats)
-                return self
-
-            def prepared_async_call(self, grid, block, stream, *args):
-                module._driver.require_context(f"launch {name}")
-                module.launches.append((name, grid, block, stream, args))
-                self.run(grid, block, *(module._driver.host_address(value) if code == "P" else value
-                                        for code, value in zip(self.formats, args)))
-
-        return Function()
+    def host_kernel(self, name: str, formats: str):
+        return self._kernels.kernel(name, formats)
 
 
 def pycuda_device(driver: StandInDriver | None = None, index: int = 0, kernels: Path | None = None):

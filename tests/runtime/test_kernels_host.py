@@ -15,18 +15,19 @@ import re
 import shutil
 import subprocess
 
+from pathlib import Path
+
 import numpy as np
 import pytest
-from pathlib import Path
 
 from runtime.contract import ModelContract
 from runtime.cuda.ops import COMPILE_OPTIONS, KERNEL_SOURCE, SIGNATURES, CudaOps
 from runtime.gpu_path import GpuProcessor
 from runtime.ops import reference
 from runtime.pipeline import Processor, run_pipeline
-from runtime.video import Sink
 from tests.runtime.cuda_standins import StandInDeviceEngine, pycuda_device
 from tests.runtime.host_cuda import NoCompiler, build, compiler
+from tests.runtime.test_gpu_path import KeepAll
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -328,16 +329,6 @@ def test_blend_hand_computed(host):
 
 
 # ------------------------------------------------------------------------------ the GPU frame path
-
-
-class KeepAll(Sink):
-    needs_overlay = needs_labels = True
-
-    def __init__(self):
-        self.frames = []
-
-    def write(self, index, overlay, labels):
-        self.frames.append((overlay.copy(), labels.copy()))
 
 
 @pytest.fixture(scope="module")

@@ -48,12 +48,11 @@ def test_iou_by_hand():
     assert miou == np.mean([3 / 4, 2 / 3]) and acc == 5 / 6
 
 
-def test_evaluation_normalises_as_the_model_records(tmp_path, params_file, monkeypatch):
-    """The model's own mean/std, not data.mean/data.std: the runtime feeds it so too."""
+def tiny_model_and_manifest(tmp_path, mean, std):
+    """A tiny deployable model recording `mean` / `std`, and a one-image manifest, under tmp_path."""
     import json
 
     from tests.training.tiny_data import make_tiny_dataset
-    from training import evaluate
     from training.data import datasets
     from training.deployable import save_deployable
     from training.models import build_model
@@ -62,8 +61,14 @@ def test_evaluation_normalises_as_the_model_records(tmp_path, params_file, monke
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     info = datasets.dataset_info("cityscapes")
     save_deployable(tmp_path / "model.pt", build_model("resnet18", 19, proj_dim=8), classes=info.classes,
-                    palette=info.palette, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6), dataset="cityscapes",
-                    method="supervised", iteration=1)
+                    palette=info.palette, mean=mean, std=std, dataset="cityscapes", method="supervised", iteration=1)
+
+
+def test_evaluation_normalises_as_the_model_records(tmp_path, params_file, monkeypatch):
+    """The model's own mean/std, not data.mean/data.std: the runtime feeds it so too."""
+    from training import evaluate
+
+    tiny_model_and_manifest(tmp_path, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6))
     seen = []
     original = evaluate.EvalDataset
 
@@ -80,20 +85,9 @@ def test_evaluation_normalises_as_the_model_records(tmp_path, params_file, monke
 
 def test_evaluating_another_checkpoint_writes_nothing_unless_asked(tmp_path, params_file, monkeypatch, capsys):
     """`python -m training.evaluate --checkpoint other.pt` must not overwrite the tracked metrics/eval.json."""
-    import json
-
-    from tests.training.tiny_data import make_tiny_dataset
     from training import evaluate
-    from training.data import datasets
-    from training.deployable import save_deployable
-    from training.models import build_model
 
-    manifest = make_tiny_dataset(tmp_path / "data", n_train=1, n_val=1)
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
-    info = datasets.dataset_info("cityscapes")
-    save_deployable(tmp_path / "model.pt", build_model("resnet18", 19, proj_dim=8), classes=info.classes,
-                    palette=info.palette, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), dataset="cityscapes",
-                    method="supervised", iteration=1)
+    tiny_model_and_manifest(tmp_path, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     params = params_file(evaluate={"mode": "whole"})
     monkeypatch.chdir(tmp_path)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
