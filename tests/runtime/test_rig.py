@@ -425,3 +425,12 @@ def test_camera_reconnects_after_its_stream_server_comes_back(tmp_path, capsys):
     # FFmpeg states 25 FPS for an MJPEG stream that names no rate
     assert outage["length_s"] >= 0.9 and outage["frames_lost"] == round(outage["length_s"] * 25.0)
     assert recorded["frames_out"] == 20 and recorded["dropped"] == 0  # the other camera lost nothing
+
+
+def test_the_readme_rig_file_example_loads(tmp_path):
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert example.startswith("# rig.yaml")
+    front, rear, replay = load_rig_file(rig_file(tmp_path, example))
+    assert (front.id, front.realtime, str(front.out)) == ("front", True, "runs/front.mp4")
+    assert (rear.source, replay.loop) == ("1", True)
