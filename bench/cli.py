@@ -4,7 +4,8 @@
         --model models/export/gen_student_int8.onnx --video data/prepared/synthetic/video/dashcam.mp4 \
         --json metrics/benchmark.json --csv-dir plots/benchmark --markdown docs/benchmark_latest.md
 
-Levels `model`, `ops` and `e2e` are described in bench.measure; the results go to bench.report.
+Levels `model`, `ops`, `e2e` (the default) and `rig`, `soak` are described in bench.measure; the
+results go to bench.report.
 Exit codes: 0 done, 2 bad input.
 """
 from __future__ import annotations
@@ -16,8 +17,9 @@ import re
 import sys
 from pathlib import Path
 
-from bench.measure import (DEFAULT_MODELS, DEFAULT_VIDEO, EXIT_BAD_INPUT, LEVELS, NAMED_RESOLUTIONS, BenchmarkError,
-                           bench_e2e, bench_models, bench_ops, describe_machine, model_names)
+from bench.measure import (DEFAULT_LEVELS, DEFAULT_MODELS, DEFAULT_VIDEO, EXIT_BAD_INPUT, LEVELS, NAMED_RESOLUTIONS,
+                           BenchmarkError, bench_e2e, bench_models, bench_ops, bench_rig, bench_soak, describe_machine,
+                           model_names)
 from bench.report import check_output, compare, csv_text, format_compare, load_results, render_markdown, write_plot
 from runtime import ops
 from runtime.contract import PRECISIONS, ContractError
@@ -49,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--demo", type=Path, metavar="DEMO.json",
                         help="take the e2e clip from the demo record `prepare` writes (data/prepared/demo.json: the "
                         "synthetic video, or a dataset's val images), instead of --video")
-    parser.add_argument("--levels", nargs="+", choices=LEVELS, default=list(LEVELS))
+    parser.add_argument("--levels", nargs="+", choices=LEVELS, default=list(DEFAULT_LEVELS),
+                        help=f"default: {' '.join(DEFAULT_LEVELS)}")
     parser.add_argument("--warmup", type=int, default=5, metavar="N")
     parser.add_argument("--iters", type=int, default=30, metavar="N")
     parser.add_argument("--frames", type=int, default=120, metavar="N", help="frames per e2e mode")
@@ -59,6 +62,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="threads of the C ops (default: 1, or the cores --threads leaves)")
     parser.add_argument("--e2e-precisions", nargs="+", default=["fp32", "int8"], choices=PRECISIONS,
                         help="artefacts of these precisions run the e2e level (default: fp32 int8)")
+    parser.add_argument("--rig-cameras", type=int, nargs="+", default=[1, 2, 4], metavar="N",
+                        help="rig level: camera counts, each one rig process against N segment.py processes")
+    parser.add_argument("--rig-frames", type=int, default=240, metavar="N", help="rig level: frames per camera")
+    parser.add_argument("--rig-precision", default="int8", choices=PRECISIONS,
+                        help="rig and soak levels run the artefact of this precision (else the first one)")
+    parser.add_argument("--soak-frames", type=int, default=2000, metavar="N",
+                        help="soak level: frames of the looped video (the documented long run is 20000)")
+    parser.add_argument("--soak-window", type=int, default=1000, metavar="N",
+                        help="soak level: frames per window of memory, descriptors and p99")
     parser.add_argument("--resolutions", nargs="+", default=["720p", "1080p"],
                         help="frame sizes of the ops level: 480p .. 2160p or WIDTHxHEIGHT")
     parser.add_argument("--input-size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"),
@@ -73,10 +85,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compare", type=Path, metavar="OLD.json", help="print new/old of every shared metric")
     args = parser.parse_args(argv)
     for name, minimum in (("warmup", 0), ("iters", 1), ("frames", 1), ("threads", 1), ("op_threads", 1),
-                          ("classes", 1)):
+                          ("classes", 1), ("rig_frames", 1), ("soak_frames", 1), ("soak_window", 1)):
         value = getattr(args, name)
         if value is not None and value < minimum:
             parser.error(f"--{name} must be >= {minimum}, got {value}")
+    if min(args.rig_cameras) < 1:
+        parser.error(f"--rig-cameras must be >= 1, got {min(args.rig_cameras)}")
+    if args.soak_frames < args.soak_window:
+        parser.error(f"--soak-frames ({args.soak_frames}) must be at least one --soak-window ({args.soak_window})")
     if min(args.input_size) < 4:
         parser.error(f"--input-size must be at least 4 4 (stride-4 logits), got {args.input_size}")
     if args.classes > reference.MAX_CLASSES:
@@ -94,7 +110,7 @@ def demo_source(path: Path) -> str:
 
 def resolve_models(args) -> list[Path]:
     """The artefacts to time; with the ops level alone, the first one (if any) as its load."""
-    needed = {"model", "e2e"} & set(args.levels)
+    needed = {"model", "e2e", "rig", "soak"} & set(args.levels)
     models = args.model or sorted(DEFAULT_MODELS.glob("*.onnx"))
     if not needed:
         models = models[:1]
@@ -120,7 +136,7 @@ def benchmark(args) -> dict:
     models = resolve_models(args)
     if args.demo is not None:
         args.video = demo_source(args.demo)
-    if "e2e" in args.levels and not Path(args.video).exists():
+    if {"e2e", "rig", "soak"} & set(args.levels) and not Path(args.video).exists():
         raise BenchmarkError(f"video {args.video}: no such file or folder; run `dvc repro prepare` or fix --video")
     resolutions = [parse_resolution(text) for text in args.resolutions]
     old = load_results(args.compare) if args.compare else None
@@ -153,6 +169,15 @@ def benchmark(args) -> dict:
             model_fps = results.get("model", {}).get(name, {}).get("fps")
             results["e2e"][name], samples = bench_e2e(engines[name], args.video, args.frames, args.encode, model_fps)
             series["e2e"].update({f"{name}/{key}": values for key, values in samples.items()})
+        rig_name = e2e_models(engines, [args.rig_precision])[0] if {"rig", "soak"} & set(args.levels) else None
+        if "rig" in args.levels:
+            thread_args = [item for flag, value in (("--threads", args.threads), ("--op-threads", args.op_threads))
+                           if value is not None for item in (flag, str(value))]
+            results["rig"] = bench_rig(dict(zip(engines, models))[rig_name], str(args.video), args.rig_cameras,
+                                       args.rig_frames, args.encode, thread_args)
+        if "soak" in args.levels:
+            results["soak"] = bench_soak(engines[rig_name], str(args.video), args.soak_frames, args.soak_window,
+                                         args.encode)
         results["engines"] = {name: {**engine.describe(), "artefact": str(path),
                                      "input": "x".join(map(str, input_spec(engine.contract)[1]))}
                               for (name, engine), path in zip(engines.items(), models)}
@@ -161,7 +186,9 @@ def benchmark(args) -> dict:
     results["config"] = {"levels": list(args.levels), "warmup": args.warmup, "iters": args.iters,
                          "frames": args.frames, "input_size": list(args.input_size), "classes": args.classes,
                          "resolutions": [label for label, _ in resolutions], "video": str(args.video),
-                         "e2e_models": e2e_names, "ops_load_model": load if "ops" in args.levels else None}
+                         "e2e_models": e2e_names, "ops_load_model": load if "ops" in args.levels else None,
+                         "rig_model": rig_name, "rig_cameras": args.rig_cameras, "rig_frames": args.rig_frames,
+                         "soak_frames": args.soak_frames, "soak_window": args.soak_window, "encode": args.encode}
     results["machine"] = describe_machine()
 
     markdown = render_markdown(results)

@@ -1,4 +1,4 @@
-"""Timing the runtime at three levels: the model alone, each pre/post op, and the video pipeline.
+"""Timing the runtime: the model alone, each pre/post op, the video pipeline, a rig of cameras, a soak run.
 
 Levels: `model` (engine.infer alone, batch 1, at the artefact's input size), `ops` (each
 pre/post op per implementation on 720p/1080p frames, with achieved memory bandwidth next to
@@ -8,17 +8,26 @@ offline and real-time, with its FPS over the artefact's model-only FPS). Threads
 pipeline's budget (runtime.pipeline.thread_budget). Within a level the candidates are timed
 round robin, one call each per iteration, so a noisy machine slows them alike and their
 ratios hold.
+
+Levels `rig` and `soak` (not run unless named in --levels): `rig` runs N = 1, 2, 4 copies of the
+video through one segment.py rig process and through N separate segment.py processes started
+together on the same cores (what a user does without the rig), comparing aggregate FPS, the worst
+camera's p99 glass to glass and peak resident memory; `soak` loops the video through one camera
+for a fixed number of frames and records resident memory, open file descriptors and p99 glass to
+glass per window of frames, the signs of drift over hours.
 """
 from __future__ import annotations
 
 import contextlib
 import datetime
 import functools
+import json
 import os
 import platform
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,11 +39,16 @@ import numpy as np
 from runtime import ops
 from runtime.engines import input_spec
 from runtime.ops import opencv_chain, reference
-from runtime.pipeline import GLASS_TO_GLASS, STAGES, Processor, percentiles, run_pipeline
+from runtime.pipeline import GLASS_TO_GLASS, STAGES, Camera, Processor, percentiles, run_pipeline, run_rig
+from runtime.rig import Feed
 from runtime.video import NullSink, VideoSink, open_source
 
 EXIT_BAD_INPUT = 2
-LEVELS = ("model", "ops", "e2e")
+LEVELS = ("model", "ops", "e2e", "rig", "soak")
+DEFAULT_LEVELS = ("model", "ops", "e2e")  # rig and soak take minutes: run when named
+SEGMENT = Path(__file__).resolve().parents[1] / "runtime" / "segment.py"
+# How often the rig level reads its processes' resident memory.
+RSS_POLL_S = 0.05
 DEFAULT_MODELS = Path("models/export")
 DEFAULT_VIDEO = Path("data/prepared/synthetic/video/dashcam.mp4")
 NAMED_RESOLUTIONS = {"480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080), "1440p": (2560, 1440),
@@ -375,6 +389,136 @@ def bench_e2e(engine, video: str, frames: int, encode: bool, model_fps: float | 
             series[f"{mode}/{stage}"] = values
         results[mode] = record
     return results, series
+
+
+# --------------------------------------------------------------------------- rig and soak
+
+
+def resident_bytes(pid: int | str = "self") -> int | None:
+    """VmRSS of a process, None once it has exited (or where /proc is missing)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def open_fds() -> int | None:
+    """Open file descriptors of this process (None where /proc is missing)."""
+    with contextlib.suppress(OSError):
+        return len(os.listdir("/proc/self/fd"))
+    return None
+
+
+def run_together(commands: list[list[str]], timeout_s: float) -> list[int]:
+    """Start the commands at once and wait for all; each one's peak resident bytes, sampled.
+
+    A command that fails is a BenchmarkError naming its last stderr line."""
+    processes = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for command in commands]
+    peaks = [0] * len(processes)
+    deadline = time.monotonic() + timeout_s
+    try:
+        while any(process.poll() is None for process in processes):
+            if time.monotonic() > deadline:
+                raise BenchmarkError(f"segment.py ran past {timeout_s:.0f} s in the rig level; use fewer --rig-frames")
+            for position, process in enumerate(processes):
+                peaks[position] = max(peaks[position], resident_bytes(process.pid) or 0)
+            time.sleep(RSS_POLL_S)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            stderr = process.communicate()[1]
+            if process.returncode not in (0, None, -9):
+                last = (stderr.strip().splitlines() or ["no message"])[-1]
+                raise BenchmarkError(f"segment.py failed in the rig level: {last}")
+    return peaks
+
+
+def rig_record(summaries: list[dict], peaks: list[int]) -> dict:
+    """Aggregate FPS (frames of every camera over the longest wall time: the cameras run side by
+    side), per-camera FPS, the worst camera's p99 glass to glass and the peak resident memory summed
+    over the processes."""
+    cameras = [camera for summary in summaries for camera in summary.get("cameras", {"": summary}).values()]
+    frames = sum(camera["frames_out"] for camera in cameras)
+    wall = max(summary["wall_s"] for summary in summaries)
+    worst = [camera["latency_ms"][GLASS_TO_GLASS]["p99"] for camera in cameras]
+    return {"fps": frames / wall if wall > 0 else 0.0, "frames": frames, "wall_s": wall,
+            "camera_fps": [camera["fps"] for camera in cameras],
+            "worst_p99_glass_to_glass_ms": max((v for v in worst if v is not None), default=None),
+            "rss_mb": sum(peaks) / 2**20, "processes": len(summaries)}
+
+
+def bench_rig(model: Path, video: str, counts: list[int], frames: int, encode: bool, thread_args: list[str],
+              timeout_s: float = 3600):
+    """{N: {"rig": record, "separate": record, "fps_ratio": rig / separate, "rss_ratio": rig / separate}}
+    for N copies of the video (rig_record); with `encode` every camera writes an H.264 overlay."""
+    results = {}
+    for count in counts:
+        with tempfile.TemporaryDirectory(prefix="stpg-bench-rig-") as scratch:
+            scratch = Path(scratch)
+            common = [sys.executable, str(SEGMENT), "--model", str(model), "--max-frames", str(frames),
+                      "--no-progress", *thread_args]
+
+            def outputs(name: str, cameras: int) -> list[str]:
+                """--json, and with --encode an overlay file (one camera) or folder (a rig)."""
+                out = scratch / (name if cameras > 1 else f"{name}.mp4")
+                return ["--json", str(scratch / f"{name}.json")] + (["--out", str(out)] if encode else [])
+
+            peaks = run_together([common + ["--source", video] * count + outputs("rig", count)], timeout_s)
+            rig = rig_record([json.loads((scratch / "rig.json").read_text())], peaks)
+            names = [f"separate{index}" for index in range(count)]
+            peaks = run_together([common + ["--source", video] + outputs(name, 1) for name in names], timeout_s)
+            separate = rig_record([json.loads((scratch / f"{name}.json").read_text()) for name in names], peaks)
+        results[str(count)] = {"rig": rig, "separate": separate,
+                               "fps_ratio": rig["fps"] / separate["fps"] if separate["fps"] else None,
+                               "rss_ratio": rig["rss_mb"] / separate["rss_mb"] if separate["rss_mb"] else None}
+    return results
+
+
+class SoakWindows:
+    """Per window of `size` frames: the frame count at its end, resident MB, open descriptors and
+    the window's p99 glass to glass (`resident` and `fds` read the process; given for tests)."""
+
+    def __init__(self, size: int, resident: Callable[[], int | None] = resident_bytes,
+                 fds: Callable[[], int | None] = open_fds):
+        self.size, self._resident, self._fds = size, resident, fds
+        self.frames = 0
+        self.windows: list[dict] = []
+        self._latencies: list[float] = []
+
+    def add(self, glass_to_glass_ms: float) -> None:
+        self.frames += 1
+        self._latencies.append(glass_to_glass_ms)
+        if len(self._latencies) == self.size:
+            rss = self._resident()
+            self.windows.append({"frames": self.frames, "rss_mb": None if rss is None else rss / 2**20,
+                                 "fds": self._fds(), "p99_ms": percentiles(self._latencies, (99,))["p99"]})
+            self._latencies = []
+
+    def record(self) -> dict:
+        """The windows, and the drift from the first: last resident memory over the first, the most
+        descriptors more than the first, the highest p99 over the first."""
+        windows = self.windows
+        first, last = (windows[0], windows[-1]) if windows else ({}, {})
+        rss = first.get("rss_mb") and last.get("rss_mb") and last["rss_mb"] / first["rss_mb"]
+        fds = None if not windows or first["fds"] is None else max(w["fds"] for w in windows) - first["fds"]
+        p99 = max(w["p99_ms"] for w in windows) / first["p99_ms"] if windows and first["p99_ms"] else None
+        return {"frames": self.frames, "window": self.size, "windows": windows, "rss_ratio": rss or None,
+                "fds_added": fds, "p99_ratio": p99}
+
+
+def bench_soak(engine, video: str, frames: int, window: int, encode: bool) -> dict:
+    """One camera looping the video for `frames` frames, offline, sampled per window."""
+    windows = SoakWindows(window)
+    with Feed(open_source(video), loop=True) as feed, tempfile.TemporaryDirectory(prefix="stpg-bench-") as scratch:
+        sinks = [VideoSink(Path(scratch) / "soak.mp4", feed.fps, feed.size)] if encode else [NullSink()]
+        camera = Camera(feed, sinks, max_frames=frames, on_frame=lambda frame: windows.add(frame.glass_to_glass_ms()))
+        stats = run_rig([camera], Processor(engine)).cameras[camera.name]
+    return {**windows.record(), "fps": stats.fps}
 
 
 # ------------------------------------------------------------------------------- machine

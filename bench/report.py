@@ -126,7 +126,49 @@ def render_markdown(results: dict) -> str:
                 row = e2e[mode][stage]
                 lines.append(f"| {mode} | {stage} | {_ms(row['p50_ms'])} | {_ms(row['p90_ms'])} | {_ms(row['p99_ms'])} |")
         lines.append("")
+    if "rig" in results:
+        lines += _rig_markdown(results)
+    if "soak" in results:
+        lines += _soak_markdown(results)
     return "\n".join(lines)
+
+
+def _rig_markdown(results: dict) -> list[str]:
+    config = results["config"]
+    lines = [f"## Rig ({config['rig_model']}, {config['video']}, {config['rig_frames']} frames per camera"
+             f"{', offline into H.264' if config.get('encode') else ', offline'})", "",
+             "One segment.py process running N copies of the video as a rig against N segment.py processes "
+             "started together on the same cores. Aggregate FPS is every camera's frames over the longest "
+             "run; resident memory is the peak, summed over the processes.", "",
+             "| cameras | run | processes | aggregate FPS | slowest camera FPS | worst p99 glass to glass ms "
+             "| resident MB | rig / separate |",
+             "|---|---|---|---|---|---|---|---|"]
+    for count, record in results["rig"].items():
+        for run in ("rig", "separate"):
+            row = record[run]
+            ratio = (f"{_ratio(record['fps_ratio'])} FPS, {_ratio(record['rss_ratio'])} memory" if run == "rig"
+                     else "-")
+            lines.append(f"| {count} | {run} | {row['processes']} | {_ms(row['fps'])} | {_ms(min(row['camera_fps']))} "
+                         f"| {_ms(row['worst_p99_glass_to_glass_ms'])} | {row['rss_mb']:.0f} | {ratio} |")
+    lines.append("")
+    return lines
+
+
+def _soak_markdown(results: dict) -> list[str]:
+    soak, config = results["soak"], results["config"]
+    lines = [f"## Soak ({config['rig_model']}, {config['video']} looped for {soak['frames']} frames, "
+             f"{soak['fps']:.2f} FPS)", "",
+             f"Per window of {soak['window']} frames. Resident memory at the end / the first window: "
+             f"{_ratio(soak['rss_ratio'])}; file descriptors opened since the first window: "
+             f"{'-' if soak['fds_added'] is None else soak['fds_added']}; highest window p99 / the first's: "
+             f"{_ratio(soak['p99_ratio'])}.", "",
+             "| frames | resident MB | open file descriptors | p99 glass to glass ms |", "|---|---|---|---|"]
+    for window in soak["windows"]:
+        rss = "-" if window["rss_mb"] is None else f"{window['rss_mb']:.1f}"
+        lines.append(f"| {window['frames']} | {rss} | {'-' if window['fds'] is None else window['fds']} "
+                     f"| {_ms(window['p99_ms'])} |")
+    lines.append("")
+    return lines
 
 
 def _ops_markdown(results: dict) -> list[str]:

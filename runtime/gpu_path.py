@@ -8,7 +8,9 @@ back in one download (the labels too, only when a sink asks for them). Letterbox
 path's (Processor.region): the preprocess fills the frame's region of the input and pads it with
 the mean colour, and the padding is cut off the outputs by the tables that read them, not by a copy.
 
-GpuProcessor has Processor's stage methods, so run_pipeline drives it unchanged. Each method
+GpuProcessor has Processor's stage methods, so run_pipeline and run_rig drive it unchanged; a rig's
+frames are gathered into one device batch by device-to-device copies and the outputs handed back
+as views of the batch's. Each method
 waits for its stream before returning: the next stage, in another thread, reads finished
 buffers, and the pipeline's per-stage times include the GPU work the stage queued.
 `segment.py --device cuda` selects it; the CPU path stays the default.
@@ -59,7 +61,8 @@ class GpuProcessor(Processor):
             raise EngineError(f"the GPU frame path cannot start: {exc}") from None
         self.device = self.ops.device
         self._input_dtype, self._input_shape = input_spec(self.contract)
-        self._upload_stream, self._pre_stream, self._post_stream = (self.device.new_stream() for _ in range(3))
+        self._upload_stream, self._pre_stream, self._post_stream, self._gather_stream = (
+            self.device.new_stream() for _ in range(4))
         self._staging: collections.OrderedDict[tuple, np.ndarray] = collections.OrderedDict()
         self._upload_lock = threading.Lock()  # the preprocess stage uploads; a caller of render may too
         self._boxes: dict[tuple, tuple[int, int, int, int]] = {}
@@ -96,6 +99,25 @@ class GpuProcessor(Processor):
 
     def infer(self, batch):
         return self.engine.infer_device(batch)
+
+    def _stack(self, batches, size: int):
+        """A rig's device inputs gathered into one device batch of `size` (device-to-device copies,
+        the last input repeated to fill it); the buffer is kept per size and reused."""
+        stacked = self._stacks.get(size)
+        if stacked is None:
+            stacked = self._stacks[size] = self.device.empty((size, *self._input_shape), self._input_dtype)
+        item = stacked.nbytes // size
+        for index in range(size):
+            source = batches[min(index, len(batches) - 1)]
+            self.device.copy_on_device(stacked.pointer + index * item, array_view(source, "input batch")[0], item,
+                                       self._gather_stream)
+        self.device.synchronize(self._gather_stream)
+        return stacked
+
+    @staticmethod
+    def _item(output, index: int):
+        """The `index`-th image's device output as a batch of one (a view, no copy)."""
+        return output[index].reshape((1, *output.shape[1:]))
 
     def postprocess(self, output, frame_hw: tuple[int, int]):
         """uint8 labels on the device: frame size from low-resolution logits, input size otherwise
@@ -153,6 +175,6 @@ class GpuProcessor(Processor):
     def close(self) -> None:
         """Drop the streams and buffers and free the device's pools."""
         with self.device.current():
-            self._upload_stream = self._pre_stream = self._post_stream = None
+            self._upload_stream = self._pre_stream = self._post_stream = self._gather_stream = None
             self._staging.clear()
         self.device.close()

@@ -1,12 +1,15 @@
-"""Decode -> preprocess -> infer -> postprocess -> encode as concurrent stages.
+"""Decode -> preprocess -> infer -> postprocess -> encode as concurrent stages, for one camera or a rig.
 
-One thread per stage, joined by bounded queues: the heavy work (video codecs, the C ops,
-ONNX Runtime / TensorRT) releases the GIL, so the stages overlap and throughput approaches
-that of the slowest stage. One thread per stage also keeps frames in order for free.
+One thread per stage and camera, joined by bounded queues: the heavy work (video codecs, the
+C ops, ONNX Runtime / TensorRT) releases the GIL, so the stages overlap and throughput approaches
+that of the slowest stage. One thread per stage also keeps each camera's frames in order for free.
+A rig of several cameras shares one inference thread and one engine: it batches the frames
+waiting across cameras round robin and hands each output back to its camera (run_rig); a
+single stream is a rig of one (run_pipeline).
 
 Offline mode blocks on full queues, so every frame is processed. Real-time mode never blocks
-in front of inference: a new frame evicts the oldest waiting one (counted as dropped), so
-latency stays bounded when inference is slower than the camera.
+in front of inference: a new frame evicts the oldest waiting one of its camera (counted as
+dropped), so latency stays bounded when inference is slower than the camera.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import dataclasses
 import math
 import os
 import queue
+import random
 import threading
 import time
 from typing import Callable, Iterable, Sequence
@@ -35,6 +39,9 @@ LETTERBOX_TOLERANCE = 0.05
 LOGIT_STRIDE = 4
 GLASS_TO_GLASS = "glass_to_glass"
 SUMMARY_PERCENTILES = (50, 90, 99)
+# Latency samples kept per stage: percentiles are exact up to this many frames, and a run of
+# hours holds this many floats per stage instead of one per frame.
+RESERVOIR_SIZE = 20_000
 _LOGIT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
@@ -73,6 +80,44 @@ class Frame:
         return (self.stamps["encode"][1] - self.stamps["decode"][1]) / 1e6
 
 
+class Reservoir:
+    """A bounded uniform sample of a stream of values (Vitter's algorithm R).
+
+    It holds every value until `size` have come, so percentiles are exact for runs shorter than
+    that; afterwards the n-th value replaces a random held one with probability size / n, so
+    memory stays flat over a run of hours while the sample stays uniform over the whole run.
+    """
+
+    def __init__(self, size: int = RESERVOIR_SIZE, rng: random.Random | None = None):
+        if size < 1:
+            raise ValueError(f"a reservoir holds at least one value, got size {size}")
+        self.size = size
+        self.seen = 0
+        self._values: list[float] = []
+        self._rng = rng if rng is not None else random.Random(0)
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        if len(self._values) < self.size:
+            self._values.append(value)
+            return
+        slot = self._rng.randrange(self.seen)
+        if slot < self.size:
+            self._values[slot] = value
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __getitem__(self, index):
+        return self._values[index]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self._values, dtype=dtype)
+
+
 @dataclasses.dataclass
 class RunStats:
     frames_in: int = 0  # frames the source delivered
@@ -81,8 +126,10 @@ class RunStats:
     corrupt: int = 0  # skipped by the source as undecodable
     wall_s: float = 0.0
     interrupted: bool = False
-    latency_ms: dict[str, list[float]] = dataclasses.field(
-        default_factory=lambda: {name: [] for name in (*STAGES, GLASS_TO_GLASS)})
+    latency_ms: dict[str, Reservoir] = dataclasses.field(
+        default_factory=lambda: {name: Reservoir() for name in (*STAGES, GLASS_TO_GLASS)})
+    error: str | None = None  # why a rig's camera ended early (its source failed)
+    outages: list[dict] = dataclasses.field(default_factory=list)  # a live source's reconnections
 
     @property
     def fps(self) -> float:
@@ -90,8 +137,8 @@ class RunStats:
 
     def record(self, frame: Frame) -> None:
         for stage in STAGES:
-            self.latency_ms[stage].append(frame.stage_ms(stage))
-        self.latency_ms[GLASS_TO_GLASS].append(frame.glass_to_glass_ms())
+            self.latency_ms[stage].add(frame.stage_ms(stage))
+        self.latency_ms[GLASS_TO_GLASS].add(frame.glass_to_glass_ms())
 
     def summary(self) -> dict:
         """JSON-ready counts, FPS and p50/p90/p99 milliseconds per stage and glass to glass."""
@@ -209,6 +256,7 @@ class Processor:
         self.letterbox = letterbox
         self.palette = np.asarray(self.contract.palette, dtype=np.uint8).reshape(-1, 3)
         self._regions: dict[tuple[int, int], tuple[int, int, int, int] | None] = {}
+        self._stacks: dict[int, np.ndarray] = {}  # rig batches by size, used by the inference thread only
 
     def region(self, frame_hw: tuple[int, int]) -> tuple[int, int, int, int] | None:
         """(top, left, height, width) of the network input a frame of this size fills, or None
@@ -234,6 +282,35 @@ class Processor:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.engine.infer(batch)
+
+    def infer_batch(self, batches: Sequence) -> list:
+        """Outputs `(1, ...)` of several cameras' input batches `(1, ...)` in one inference.
+
+        Stacked along the batch axis where the engine takes several images (padded with the
+        last one up to a multiple of a fixed batch), one after another where its graph takes
+        exactly one; the stacking buffers are kept per batch size (a rig has few) and reused.
+        """
+        fixed = self.engine.fixed_batch
+        if len(batches) == 1 or fixed == 1:
+            return [self.infer(batch) for batch in batches]
+        count = len(batches)
+        size = count if fixed is None else -(-count // fixed) * fixed
+        output = self.infer(self._stack(batches, size))
+        return [self._item(output, index) for index in range(count)]
+
+    def _stack(self, batches: Sequence[np.ndarray], size: int) -> np.ndarray:
+        """The batches in one array of `size` images, the last repeated to fill it."""
+        stacked = self._stacks.get(size)
+        if stacked is None:
+            stacked = self._stacks[size] = np.empty((size, *batches[0].shape[1:]), batches[0].dtype)
+        for index in range(size):
+            stacked[index] = batches[min(index, len(batches) - 1)][0]
+        return stacked
+
+    @staticmethod
+    def _item(output, index: int):
+        """The `index`-th image's output as a batch of one."""
+        return output[index:index + 1]
 
     def postprocess(self, output: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
         """uint8 label map: frame size from low-resolution logits, input size (less any
@@ -296,53 +373,104 @@ class _Recycler:
             self._spare.append(array)
 
 
+
+class RoundRobin:
+    """The order in which the rig's one inference serves its cameras.
+
+    Each batch takes at most one waiting frame per camera, at most `most` in all, looking first
+    at the camera after the last one the previous batch took: a camera with frames always
+    waiting (fast, or a file read offline) gets one slot per batch like every other, and a
+    stalled one only leaves its slot empty.
+    """
+
+    def __init__(self, cameras: int, most: int):
+        self.cameras, self.most = cameras, most
+        self._start = 0
+
+    def pick(self, take: Callable[[int], object]) -> list[tuple[int, object]]:
+        """[(camera, item)] for this batch; `take(camera)` returns its waiting item or None."""
+        chosen = []
+        for step in range(self.cameras):
+            if len(chosen) == self.most:
+                break
+            camera = (self._start + step) % self.cameras
+            item = take(camera)
+            if item is not None:
+                chosen.append((camera, item))
+        if chosen:
+            self._start = (chosen[-1][0] + 1) % self.cameras
+        return chosen
+
+
 class _Stopped(Exception):
     """Another stage failed or the run was interrupted; this stage leaves quietly."""
 
 
 _END = object()
 _POLL_S = 0.05
+# Pre/post-processing calls that may run at once in a rig: as many as one stream makes (its
+# preprocess and postprocess stages), so N cameras ask of the cores what one stream does.
+OP_CALLS = 2
 
 
-class _Run:
-    def __init__(self, source, processor: Processor, sinks, *, realtime, pace_fps, max_frames, queue_size,
-                 on_frame):
-        self.source = source
-        self.processor = processor
-        self.sinks = list(sinks)
-        self.realtime = realtime
-        self.pace_fps = pace_fps
-        self.max_frames = max_frames
-        self.on_frame = on_frame
+@dataclasses.dataclass(eq=False)
+class Camera:
+    """One stream of a rig: its frames, its sinks and how it is paced.
+
+    `source` yields `(index, frame_bgr)`; `realtime` evicts the oldest frame waiting for
+    inference instead of blocking; `pace_fps` releases the frames at that rate (a file standing
+    in for a live camera); `on_frame` is called from the camera's encode thread with each
+    finished Frame (its overlay array is reused once the callback returns).
+    """
+
+    source: Iterable[tuple[int, np.ndarray]]
+    sinks: Sequence = ()
+    name: str = "cam0"
+    realtime: bool = False
+    pace_fps: float | None = None
+    max_frames: int | None = None
+    on_frame: Callable[[Frame], None] | None = None
+
+
+@dataclasses.dataclass
+class RigStats:
+    """Counts of the whole rig: per-camera RunStats, the run's wall time and the batches inferred."""
+
+    cameras: dict[str, RunStats]
+    wall_s: float = 0.0
+    interrupted: bool = False
+    batches: int = 0
+    frames_inferred: int = 0
+
+    @property
+    def frames_out(self) -> int:
+        return sum(stats.frames_out for stats in self.cameras.values())
+
+    @property
+    def fps(self) -> float:
+        """Frames out of every camera over the rig's wall time."""
+        return self.frames_out / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def mean_batch(self) -> float | None:
+        return self.frames_inferred / self.batches if self.batches else None
+
+
+class _Stream:
+    """The per-camera stages of a rig: decode -> preprocess -> [the rig's inference] ->
+    postprocess -> encode, joined by this camera's bounded queues."""
+
+    def __init__(self, rig: "_Rig", camera: Camera, queue_size: int):
+        self.rig, self.camera = rig, camera
+        self.sinks = list(camera.sinks)
         self.need_overlay = any(sink.needs_overlay for sink in self.sinks)
         self.need_labels = any(sink.needs_labels for sink in self.sinks)
-        self.stop = threading.Event()
-        self.errors: list[BaseException] = []
         self.stats = RunStats()
         # Real-time mode holds at most one frame between stages, so latency stays a few frame
         # times; the one in front of inference is always the newest.
-        self.queues = [queue.Queue(maxsize=1 if realtime else queue_size) for _ in range(4)]
+        self.queues = [queue.Queue(maxsize=1 if camera.realtime else queue_size) for _ in range(4)]
         # Enough spares for every frame that can be in flight between taking and giving back.
         self.batches, self.overlays = _Recycler(queue_size + 4), _Recycler(queue_size + 4)
-
-    def _get(self, q: queue.Queue):
-        while True:
-            if self.stop.is_set():
-                raise _Stopped
-            try:
-                return q.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-
-    def _put(self, q: queue.Queue, item) -> None:
-        while True:
-            if self.stop.is_set():
-                raise _Stopped
-            try:
-                q.put(item, timeout=_POLL_S)
-                return
-            except queue.Full:
-                continue
 
     def _put_evicting(self, q: queue.Queue, item) -> None:
         """Put without waiting, evicting the oldest waiting frame (this thread is the only producer)."""
@@ -357,75 +485,78 @@ class _Run:
                 except queue.Empty:
                     pass
 
-    def _wait_until(self, deadline_s: float) -> None:
-        while (left := deadline_s - time.perf_counter()) > 0:
-            if self.stop.wait(min(left, _POLL_S)):
-                raise _Stopped
-
     def decode(self) -> None:
-        frames = iter(self.source)
+        rig, camera = self.rig, self.camera
+        frames = iter(camera.source)
         started = time.perf_counter()
         count = 0
-        while self.max_frames is None or count < self.max_frames:
-            if self.pace_fps:
-                self._wait_until(started + count / self.pace_fps)
-            if self.stop.is_set():
+        while camera.max_frames is None or count < camera.max_frames:
+            if camera.pace_fps:
+                rig.wait_until(started + count / camera.pace_fps)
+            if rig.stop.is_set():
                 raise _Stopped
             start = time.perf_counter_ns()
-            item = next(frames, None)
+            try:
+                item = next(frames, None)
+            except Exception as exc:
+                if not rig.isolate:
+                    raise
+                # A camera whose source fails ends like one whose source ends; the rest go on.
+                self.stats.error = " ".join(f"{type(exc).__name__}: {exc}".split())
+                item = None
             end = time.perf_counter_ns()
             if item is None:
                 break
             index, image = item
             count += 1
             self.stats.frames_in += 1
-            self._put(self.queues[0], Frame(index, image, {"decode": (start, end)}))
-        self._put(self.queues[0], _END)
+            rig.put(self.queues[0], Frame(index, image, {"decode": (start, end)}))
+        rig.put(self.queues[0], _END)
 
     def _stage(self, name: str, work: Callable[[Frame], None], q_in: queue.Queue, q_out: queue.Queue,
                evict: bool = False) -> None:
+        rig = self.rig
         while True:
-            frame = self._get(q_in)
+            frame = rig.get(q_in)
             if frame is _END:
-                self._put(q_out, _END)
+                rig.put(q_out, _END)
+                rig.ready.set()
                 return
+            rig.ready.set()  # room behind inference
             start = time.perf_counter_ns()
-            work(frame)
+            with rig.op_calls:
+                work(frame)
             frame.stamps[name] = (start, time.perf_counter_ns())
-            (self._put_evicting if evict else self._put)(q_out, frame)
+            (self._put_evicting if evict else rig.put)(q_out, frame)
+            rig.ready.set()  # a frame for inference
 
     def preprocess(self) -> None:
+        processor = self.rig.processor
+
         def work(frame: Frame) -> None:
-            frame.image = self.processor.upload(frame.image)
+            frame.image = processor.upload(frame.image)
             # every input tensor has the contract's shape, whatever the frame size
-            frame.batch = self.processor.preprocess(frame.image, out=self.batches.take())
+            frame.batch = processor.preprocess(frame.image, out=self.batches.take())
 
-        self._stage("preprocess", work, self.queues[0], self.queues[1], evict=self.realtime)
-
-    def infer(self) -> None:
-        def work(frame: Frame) -> None:
-            frame.output = self.processor.infer(frame.batch)
-            self.batches.give(frame.batch[0])  # engines do not keep their input past infer()
-            frame.batch = None
-
-        self._stage("infer", work, self.queues[1], self.queues[2])
+        self._stage("preprocess", work, self.queues[0], self.queues[1], evict=self.camera.realtime)
 
     def postprocess(self) -> None:
+        processor = self.rig.processor
+
         def work(frame: Frame) -> None:
             frame_hw = frame.image.shape[:2]
-            frame.labels = self.processor.postprocess(frame.output, frame_hw)
+            frame.labels = processor.postprocess(frame.output, frame_hw)
             frame.output = None
             if self.need_overlay:
-                frame.overlay = self.processor.render(frame.image, frame.labels,
-                                                      out=self.overlays.take(frame.image.shape))
+                frame.overlay = processor.render(frame.image, frame.labels, out=self.overlays.take(frame.image.shape))
             if self.need_labels:
-                frame.frame_labels = self.processor.frame_labels(frame.labels, frame_hw)
+                frame.frame_labels = processor.frame_labels(frame.labels, frame_hw)
 
         self._stage("postprocess", work, self.queues[2], self.queues[3])
 
     def encode(self) -> None:
         while True:
-            frame = self._get(self.queues[3])
+            frame = self.rig.get(self.queues[3])
             if frame is _END:
                 return
             start = time.perf_counter_ns()
@@ -434,10 +565,104 @@ class _Run:
             frame.stamps["encode"] = (start, time.perf_counter_ns())
             self.stats.frames_out += 1
             self.stats.record(frame)
-            if self.on_frame is not None:
-                self.on_frame(frame)
+            if self.camera.on_frame is not None:
+                self.camera.on_frame(frame)
             self.overlays.give(frame.overlay)  # sinks have encoded or copied it
             frame.overlay = None
+
+    def finish(self) -> None:
+        """Counts only the source knows, once it is done."""
+        source = self.camera.source
+        self.stats.corrupt = int(getattr(source, "corrupt_frames", 0))
+        self.stats.outages = list(getattr(source, "outages", ()))
+
+
+class _Rig:
+    def __init__(self, cameras: Sequence[Camera], processor: Processor, *, max_batch: int | None, queue_size: int,
+                 isolate: bool):
+        self.processor = processor
+        self.isolate = isolate
+        self.stop = threading.Event()
+        self.ready = threading.Event()  # set when a frame waits for inference or room frees behind it
+        self.op_calls = threading.BoundedSemaphore(OP_CALLS)
+        self.errors: list[BaseException] = []
+        self.streams = [_Stream(self, camera, queue_size) for camera in cameras]
+        self.stats = RigStats({camera.name: stream.stats for camera, stream in zip(cameras, self.streams)})
+        self.scheduler = RoundRobin(len(self.streams), max_batch or len(self.streams))
+        self._ended = [False] * len(self.streams)
+
+    def get(self, q: queue.Queue):
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                return q.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+
+    def put(self, q: queue.Queue, item) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                q.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def wait_until(self, deadline_s: float) -> None:
+        while (left := deadline_s - time.perf_counter()) > 0:
+            if self.stop.wait(min(left, _POLL_S)):
+                raise _Stopped
+
+    def halt(self) -> None:
+        """Stop every stage, and every source waiting for a camera to come back (runtime.rig.Feed)."""
+        self.stop.set()
+        for stream in self.streams:
+            cancel = getattr(stream.camera.source, "cancel", None)
+            if cancel is not None:
+                cancel()
+
+    def _take(self, camera: int):
+        """The camera's oldest frame waiting for inference, if its output has room to go."""
+        stream = self.streams[camera]
+        if self._ended[camera] or stream.queues[2].full():  # only this thread fills queues[2]
+            return None
+        try:
+            return stream.queues[1].get_nowait()
+        except queue.Empty:
+            return None
+
+    def infer(self) -> None:
+        """The one inference of the rig: batches of waiting frames, round robin over the cameras,
+        each output handed back to its camera's postprocess."""
+        while not all(self._ended):
+            if self.stop.is_set():
+                raise _Stopped
+            self.ready.clear()
+            picked = self.scheduler.pick(self._take)
+            frames = []
+            for camera, item in picked:
+                if item is _END:
+                    self._ended[camera] = True
+                    self.put(self.streams[camera].queues[2], _END)
+                else:
+                    frames.append((camera, item))
+            if not frames:
+                if not picked:
+                    self.ready.wait(_POLL_S)
+                continue
+            start = time.perf_counter_ns()
+            outputs = self.processor.infer_batch([frame.batch for _, frame in frames])
+            end = time.perf_counter_ns()
+            self.stats.batches += 1
+            self.stats.frames_inferred += len(frames)
+            for (camera, frame), output in zip(frames, outputs):
+                stream = self.streams[camera]
+                stream.batches.give(frame.batch[0])  # engines do not keep their input past infer()
+                frame.batch, frame.output = None, output
+                frame.stamps["infer"] = (start, end)
+                stream.queues[2].put_nowait(frame)
 
     def _guarded(self, stage: Callable[[], None]) -> Callable[[], None]:
         def body() -> None:
@@ -447,13 +672,15 @@ class _Run:
                 pass
             except BaseException as exc:  # any failure stops every stage; run() re-raises it
                 self.errors.append(exc)
-                self.stop.set()
+                self.halt()
 
         return body
 
-    def run(self) -> RunStats:
+    def run(self) -> RigStats:
+        stages = [self.infer] + [stage for stream in self.streams for stage in
+                                 (stream.decode, stream.preprocess, stream.postprocess, stream.encode)]
         threads = [threading.Thread(target=self._guarded(stage), name=f"pipeline-{stage.__name__}", daemon=True)
-                   for stage in (self.decode, self.preprocess, self.infer, self.postprocess, self.encode)]
+                   for stage in stages]
         started = time.perf_counter()
         try:
             for thread in threads:
@@ -463,16 +690,19 @@ class _Run:
                     thread.join(_POLL_S)
         except KeyboardInterrupt:
             self.stats.interrupted = True
-            self.stop.set()
+            self.halt()
             for thread in threads:
                 if thread.ident is not None:
                     thread.join()
         self.stats.wall_s = time.perf_counter() - started
-        self.stats.corrupt = int(getattr(self.source, "corrupt_frames", 0))
+        sinks = [sink for stream in self.streams for sink in stream.sinks]
+        for stream in self.streams:
+            stream.stats.wall_s, stream.stats.interrupted = self.stats.wall_s, self.stats.interrupted
+            stream.finish()
         if self.errors:
-            abort_sinks(self.sinks)
+            abort_sinks(sinks)
             raise self.errors[0]
-        close_sinks(self.sinks)
+        close_sinks(sinks)
         return self.stats
 
 
@@ -492,10 +722,31 @@ def abort_sinks(sinks: Iterable) -> None:
         sink.abort()
 
 
+def run_rig(cameras: Sequence[Camera], processor: Processor, *, max_batch: int | None = None, queue_size: int = 4,
+            isolate: bool | None = None) -> RigStats:
+    """Run several cameras through one processor (one engine) into their sinks, which it closes (or aborts).
+
+    Decode, preprocess, postprocess and encode run per camera; one inference thread batches the
+    frames waiting across cameras (RoundRobin, at most `max_batch`, default one per camera) and
+    hands each output back to its camera. With `isolate` (the default for several cameras) a
+    camera whose source raises ends there, the error in its stats, and the others go on; any
+    other failure stops the rig, aborts every sink and is re-raised. Ctrl-C stops the stages,
+    finishes the sinks with what was written and returns stats with `interrupted` set.
+    """
+    if not cameras:
+        raise ValueError("a rig needs at least one camera")
+    names = [camera.name for camera in cameras]
+    if len(set(names)) != len(names):
+        raise ValueError(f"camera names must be unique, got {names}")
+    rig = _Rig(cameras, processor, max_batch=max_batch, queue_size=queue_size,
+               isolate=len(cameras) > 1 if isolate is None else isolate)
+    return rig.run()
+
+
 def run_pipeline(source: Iterable[tuple[int, np.ndarray]], processor: Processor, sinks: Sequence = (), *,
                  realtime: bool = False, pace_fps: float | None = None, max_frames: int | None = None,
                  queue_size: int = 4, on_frame: Callable[[Frame], None] | None = None) -> RunStats:
-    """Run every frame of `source` through the stages into `sinks`, which it closes (or aborts).
+    """Run every frame of `source` through the stages into `sinks`: a rig of one camera.
 
     `pace_fps` releases frames at that rate, so a file can stand in for a live camera in
     real-time mode. `on_frame` is called from the encode thread with each finished Frame; its
@@ -503,6 +754,5 @@ def run_pipeline(source: Iterable[tuple[int, np.ndarray]], processor: Processor,
     Ctrl-C stops the stages, finishes the sinks with what was written and returns stats with
     `interrupted` set; an exception in any stage aborts the sinks and is re-raised.
     """
-    run = _Run(source, processor, sinks, realtime=realtime, pace_fps=pace_fps, max_frames=max_frames,
-               queue_size=queue_size, on_frame=on_frame)
-    return run.run()
+    camera = Camera(source, sinks, realtime=realtime, pace_fps=pace_fps, max_frames=max_frames, on_frame=on_frame)
+    return run_rig([camera], processor, queue_size=queue_size).cameras[camera.name]

@@ -1,9 +1,12 @@
-"""Segment a video, camera, stream or image folder with an exported model.
+"""Segment a video, camera, stream or image folder, or a rig of them, with an exported model.
 
     python runtime/segment.py --model models/export/gen_student.onnx --source dashcam.mp4 --out overlay.mp4
+    python runtime/segment.py --model models/export/gen_student.onnx --rig rig.yaml --out runs/ --json rig.json
 
 Writes an overlay video and/or per-frame label PNGs, shows progress on stderr and prints a
-latency summary at the end. With --gt-labels it also scores the labels (mIoU), which is how
+latency summary at the end. Several cameras (--source more than once, or --rig) run in one
+process on one engine: --out DIR writes DIR/<camera id>.mp4, --save-labels DIR writes
+DIR/<camera id>/, and --json writes one rig summary holding every camera's (runtime/rig.py). With --gt-labels it also scores the labels (mIoU), which is how
 the `segment_demo` stage checks the deployed model on the synthetic dashcam clip.
 Exit codes: 0 done, 2 bad input (one line on stderr, nothing written), 130 Ctrl-C and 143
 SIGTERM (a service manager stopping it; either way the output written so far is kept as a
@@ -12,6 +15,7 @@ valid file).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -24,13 +28,13 @@ if __package__ in (None, ""):  # run as a script: make the `runtime` package imp
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runtime import files, ops  # noqa: E402
+from runtime import files, ops, rig  # noqa: E402
 from runtime.contract import ContractError  # noqa: E402
 from runtime.engines import BACKEND_BY_SUFFIX, BACKENDS, EngineError, open_engine  # noqa: E402
 from runtime.ops import OpsInputError  # noqa: E402
 from runtime.gpu_path import DEVICES, open_processor  # noqa: E402
-from runtime.pipeline import (GLASS_TO_GLASS, LETTERBOX_MODES, LETTERBOX_TOLERANCE, STAGES, ThreadBudget,  # noqa: E402
-                              abort_sinks, run_pipeline, thread_budget)
+from runtime.pipeline import (GLASS_TO_GLASS, LETTERBOX_MODES, LETTERBOX_TOLERANCE, STAGES, Camera,  # noqa: E402
+                              ThreadBudget, abort_sinks, run_rig, thread_budget)
 from runtime.scoring import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
 from runtime.video import (LabelSink, NullSink, Sink, SinkError, SourceError, VideoSink, existing_kind,  # noqa: E402
                            labels_path, make_output_folder, open_source, temp_file_in, write_failure)
@@ -111,6 +115,11 @@ def format_summary(summary: dict) -> str:
         f"corrupt {summary['corrupt']}; {summary['fps']:.2f} FPS over {summary['wall_s']:.2f} s"
         + (" (interrupted)" if summary["interrupted"] else ""),
     ]
+    if summary.get("error"):
+        lines.append(f"camera failed: {summary['error']}")
+    for outage in summary.get("outages", []):
+        lines.append(f"outage at {outage['start_s']:.2f} s for {outage['length_s']:.2f} s, "
+                     f"{outage['frames_lost']} frames lost")
     corrupt_files = summary.get("corrupt_files", [])
     if corrupt_files:
         more = len(corrupt_files) - SHOWN_CORRUPT_FILES
@@ -130,27 +139,55 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def format_rig_summary(summary: dict) -> str:
+    """The end-of-run table of a rig: the aggregate, then each camera's table."""
+    batch = summary["mean_batch"]
+    lines = [f"rig of {len(summary['cameras'])} cameras: frames in {summary['frames_in']}, out "
+             f"{summary['frames_out']}, dropped {summary['dropped']}; {summary['fps']:.2f} FPS in aggregate over "
+             f"{summary['wall_s']:.2f} s" + (" (interrupted)" if summary["interrupted"] else ""),
+             f"{summary['batches']} batches of {'-' if batch is None else f'{batch:.2f}'} frames on average; "
+             f"{ThreadBudget(**summary['threads']).describe()} for the whole rig"]
+    for camera_id, camera in summary["cameras"].items():
+        letterbox = camera["letterbox"]
+        region = "off" if letterbox["region"] is None else "x".join(map(str, letterbox["region"][2:]))
+        lines += ["", f"camera {camera_id} ({camera['source']}; letterbox {letterbox['mode']}: {region})",
+                  format_summary(camera)]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------- CLI
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="segment", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="exported artefact (.onnx, .engine, .ts) with its model contract")
-    parser.add_argument("--source", required=True, help="video file, camera index (0), rtsp:// or http:// URL, "
+    parser.add_argument("--source", action="append", help="video file, camera index (0), rtsp:// or http:// URL, "
                         "or a folder of .png/.jpg frames (each segmented at its own size; --out scales "
-                        "every frame to the first one's size, --save-labels keeps each frame's size)")
-    parser.add_argument("--out", type=Path, help="overlay video to write (.mp4)")
+                        "every frame to the first one's size, --save-labels keeps each frame's size); "
+                        "repeat it for a rig of cameras cam0, cam1, ...")
+    parser.add_argument("--rig", type=Path, metavar="RIG.yaml",
+                        help="run the cameras this file names (id, source, out, save_labels, realtime, loop) "
+                        "instead of --source; see README.md")
+    parser.add_argument("--out", type=Path, help="overlay video to write (.mp4); with several cameras a folder "
+                        "that gets <camera id>.mp4 each")
     parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
     parser.add_argument("--device", default="cpu", choices=DEVICES,
                         help="cpu: C ops on the host (default); cuda: the GPU frame path (CUDA ops, and TensorRT "
                         "or ONNX Runtime's CUDA/TensorRT provider on device buffers)")
     parser.add_argument("--alpha", type=float, default=0.5, help="overlay opacity in [0, 1]")
-    parser.add_argument("--save-labels", type=Path, metavar="DIR", help="write uint8 trainId PNGs per frame here")
+    parser.add_argument("--save-labels", type=Path, metavar="DIR", help="write uint8 trainId PNGs per frame here "
+                        "(with several cameras in DIR/<camera id>/)")
     parser.add_argument("--realtime", action="store_true",
                         help="drop the oldest waiting frame instead of falling behind; files play at their frame rate "
                         "(always on for cameras and streams)")
-    parser.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
-    parser.add_argument("--json", type=Path, metavar="FILE", help="write the run summary here")
+    parser.add_argument("--loop", action="store_true",
+                        help="replay file sources from their start when they end (soak runs; stop with Ctrl-C or "
+                        "--max-frames)")
+    parser.add_argument("--max-frames", type=int, metavar="N", help="stop each camera after N frames")
+    parser.add_argument("--max-batch", type=int, metavar="N",
+                        help="most frames of different cameras inferred together (default: the number of cameras)")
+    parser.add_argument("--json", type=Path, metavar="FILE",
+                        help="write the run summary here (with several cameras the rig's, holding every camera's)")
     parser.add_argument("--threads", type=int, metavar="N",
                         help="the engine's intra-op CPU threads (default: the cores --op-threads leaves)")
     parser.add_argument("--op-threads", type=int, metavar="N",
@@ -164,9 +201,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="score the labels (mIoU) against <frame:06d>.png trainIds in DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if (args.rig is None) == (not args.source):
+        parser.error("give --source (once per camera) or --rig FILE, one of the two")
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
-    for name in ("max_frames", "threads", "op_threads"):
+    for name in ("max_frames", "max_batch", "threads", "op_threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -189,38 +228,46 @@ def segment(args: argparse.Namespace) -> int:
     """Run the CLI once; user errors surface as the exceptions `main` turns into exit code 2.
 
     Inputs and output locations are all checked before the first frame is processed, the
-    outputs before the (possibly slow) model load.
+    outputs before the (possibly slow) model load. One camera gives the single-stream summary;
+    several give the rig's, which holds each camera's.
     """
+    cameras = rig.camera_specs(args)
+    if len(cameras) > 1 and args.gt_labels is not None:
+        raise rig.RigError("--gt-labels scores one stream; give a single --source to score it")
     if args.json is not None:
         check_writable(args.json)
     budget = choose_threads(args)
     ops.set_num_threads(budget.ops)
-    with open_source(args.source) as source:
-        sinks: list[Sink] = []
+    with contextlib.ExitStack() as stack:
+        feeds = [stack.enter_context(rig.Feed(open_source(camera.source), loop=camera.loop)) for camera in cameras]
+        sinks: dict[str, list[Sink]] = {camera.id: [] for camera in cameras}
         try:
-            if args.out is not None:
-                sinks.append(VideoSink(args.out, source.fps, source.size))
-            if args.save_labels is not None:
-                sinks.append(LabelSink(args.save_labels))
+            for camera, feed in zip(cameras, feeds):
+                if camera.out is not None:
+                    sinks[camera.id].append(VideoSink(camera.out, feed.fps, feed.size))
+                if camera.save_labels is not None:
+                    sinks[camera.id].append(LabelSink(camera.save_labels))
             with open_model(args, budget) as engine:
                 scorer = None
                 if args.gt_labels is not None:
                     scorer = GroundTruthScorer(args.gt_labels, engine.contract.num_classes)
-                    sinks.append(scorer)
+                    sinks[cameras[0].id].append(scorer)
                 processor = open_processor(engine, args.device, alpha=args.alpha)
                 processor.letterbox = args.letterbox
-                stats = _run_with_progress(args, source, processor, sinks or [NullSink()])
-                summary = stats.summary()
-                summary.update(source=str(args.source), model=str(args.model), engine=engine.describe(),
-                               realtime=args.realtime or source.is_live, corrupt_files=source.corrupt_files,
-                               threads=budget.summary(),
-                               letterbox={"mode": args.letterbox, "region": processor.region(source.size[::-1])})
-                if scorer is not None:
-                    summary.update(scorer.report(engine.contract.classes))
+                stats = _run_with_progress(args, cameras, feeds, processor, sinks)
+                per_camera = {camera.id: camera_summary(stats.cameras[camera.id], camera, feed, processor, args)
+                              for camera, feed in zip(cameras, feeds)}
+                shared = {"model": str(args.model), "engine": engine.describe(), "threads": budget.summary()}
+                if len(cameras) == 1:
+                    summary = {**per_camera[cameras[0].id], **shared}
+                    if scorer is not None:
+                        summary.update(scorer.report(engine.contract.classes))
+                else:
+                    summary = rig_summary(stats, per_camera, shared)
         except BaseException:
-            abort_sinks(sinks)  # the pipeline already did if it ran; aborting twice is harmless
+            abort_sinks(sink for camera_sinks in sinks.values() for sink in camera_sinks)  # harmless if done
             raise
-    print(format_summary(summary))
+    print(format_summary(summary) if len(cameras) == 1 else format_rig_summary(summary))
     if args.json is not None:
         try:
             files.write_json(args.json, summary)
@@ -230,23 +277,59 @@ def segment(args: argparse.Namespace) -> int:
     return EXIT_INTERRUPTED if stats.interrupted else 0
 
 
-def _run_with_progress(args, source, processor, sinks):
+def camera_summary(stats, camera: rig.CameraSpec, feed: rig.Feed, processor, args) -> dict:
+    """One camera's counts and latencies with what it ran on; a failure and outages where it had them."""
+    summary = stats.summary()
+    summary.update(source=str(camera.source), realtime=camera.realtime or feed.is_live,
+                   corrupt_files=feed.corrupt_files,
+                   letterbox={"mode": args.letterbox, "region": processor.region(feed.size[::-1])})
+    if stats.error is not None:
+        summary["error"] = stats.error
+    if feed.is_live:
+        summary["outages"] = stats.outages
+    return summary
+
+
+def rig_summary(stats, per_camera: dict, shared: dict) -> dict:
+    """The rig's aggregate (frames, FPS over the rig's wall time, batching) and every camera's summary."""
+    return {
+        "frames_in": sum(camera["frames_in"] for camera in per_camera.values()),
+        "frames_out": stats.frames_out,
+        "dropped": sum(camera["dropped"] for camera in per_camera.values()),
+        "corrupt": sum(camera["corrupt"] for camera in per_camera.values()),
+        "interrupted": stats.interrupted,
+        "wall_s": stats.wall_s,
+        "fps": stats.fps,
+        "batches": stats.batches,
+        "mean_batch": stats.mean_batch,
+        **shared,
+        "cameras": per_camera,
+    }
+
+
+def _run_with_progress(args, cameras, feeds, processor, sinks):
     try:
         from tqdm import tqdm
     except ImportError:  # the runtime-only install (pip install '.[runtime]') shows no progress bar
         tqdm = None
-    total = source.frame_count
+    totals = [feed.frame_count for feed in feeds]
     if args.max_frames is not None:
-        total = args.max_frames if total is None else min(total, args.max_frames)
-    # A camera cannot wait for us: live sources always run in real-time mode.
-    realtime = args.realtime or source.is_live
-    pace = source.fps if realtime and not source.is_live else None
+        totals = [args.max_frames if total is None else min(total, args.max_frames) for total in totals]
+    total = None if None in totals else sum(totals)
+
+    def streams(on_frame):
+        # A camera cannot wait for us: live sources always run in real-time mode.
+        return [Camera(feed, sinks[camera.id] or [NullSink()], name=camera.id,
+                       realtime=camera.realtime or feed.is_live,
+                       pace_fps=feed.fps if camera.realtime and not feed.is_live else None,
+                       max_frames=args.max_frames, on_frame=on_frame)
+                for camera, feed in zip(cameras, feeds)]
+
     if tqdm is None:
-        return run_pipeline(source, processor, sinks, realtime=realtime, pace_fps=pace, max_frames=args.max_frames)
+        return run_rig(streams(None), processor, max_batch=args.max_batch)
     with tqdm(total=total, unit="frame", desc="segment", file=sys.stderr, disable=args.no_progress,
               dynamic_ncols=True) as bar:
-        return run_pipeline(source, processor, sinks, realtime=realtime, pace_fps=pace,
-                            max_frames=args.max_frames, on_frame=lambda frame: bar.update())
+        return run_rig(streams(lambda frame: bar.update()), processor, max_batch=args.max_batch)
 
 
 def main(argv=None) -> int:
@@ -260,7 +343,7 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         code = segment(args)
-    except (SourceError, SinkError, ContractError, EngineError, GroundTruthError, OpsInputError) as exc:
+    except (SourceError, SinkError, ContractError, EngineError, GroundTruthError, OpsInputError, rig.RigError) as exc:
         message = " ".join(str(exc).split())  # one line whatever the library put in it
         print(f"segment: error: {message}", file=sys.stderr)
         code = EXIT_BAD_INPUT

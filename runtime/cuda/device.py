@@ -131,6 +131,10 @@ class CudaDevice(abc.ABC):
         """Queue device -> host on `stream` (asynchronous when `host` is pinned)."""
 
     @abc.abstractmethod
+    def copy_on_device(self, destination: int, source: int, nbytes: int, stream) -> None:
+        """Queue device -> device on `stream` (a rig's frames gathered into one batch)."""
+
+    @abc.abstractmethod
     def compile(self, source: str, signatures: Mapping[str, str], options: Sequence[str]) -> dict:
         """{name: launch(grid, block, stream, *args)} for the extern "C" kernels of `source`;
         signatures give each kernel's parameters (P pointer, i int32, f float32)."""
@@ -259,6 +263,10 @@ class PycudaDevice(CudaDevice):
         with self.current():
             self._driver.memcpy_dtoh_async(host, pointer, stream)
 
+    def copy_on_device(self, destination, source, nbytes, stream):
+        with self.current():
+            self._driver.memcpy_dtod_async(destination, source, nbytes, stream)
+
     def compile(self, source, signatures, options):
         with self.current():
             module = self._source_module(source, options=list(options), no_extern_c=True)
@@ -336,6 +344,9 @@ class CupyDevice(CudaDevice):
 
     def copy_to_host(self, host, pointer, stream):
         self._copy(host.ctypes.data, pointer, host.nbytes, self._cupy.cuda.runtime.memcpyDeviceToHost, stream)
+
+    def copy_on_device(self, destination, source, nbytes, stream):
+        self._copy(destination, source, nbytes, self._cupy.cuda.runtime.memcpyDeviceToDevice, stream)
 
     def compile(self, source, signatures, options):
         with self.current():

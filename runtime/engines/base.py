@@ -35,6 +35,9 @@ class Engine(abc.ABC):
     path: Path
     contract: ModelContract
     on_device: bool = False
+    # The batch size the graph takes exactly, or None where it takes any (a dynamic batch axis):
+    # how a rig batches its cameras' frames (Processor.infer_batch).
+    fixed_batch: int | None = None
 
     @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray: ...

@@ -91,13 +91,13 @@ class OnnxRuntimeEngine(Engine):
         check_io_dtypes(self.contract, self._input_dtype, self._output_dtype, str(self.path))
         self._output_graph_shape = tuple(model_output.shape)
         fixed_batch = model_input.shape[0]
-        self._fixed_batch = fixed_batch if isinstance(fixed_batch, int) else None
+        self.fixed_batch = fixed_batch if isinstance(fixed_batch, int) else None
         self.on_device = self._on_gpu = self.providers[0] in GPU_PROVIDERS
         self._threads = threads
         self._cuda = None  # the CUDA device for output buffers, opened by the first infer_device
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
-        return self.run_in_chunks(check_batch(self.contract, batch), self._run, exact=self._fixed_batch)
+        return self.run_in_chunks(check_batch(self.contract, batch), self._run, exact=self.fixed_batch)
 
     def _run(self, batch: np.ndarray) -> np.ndarray:
         if not self._on_gpu:
@@ -114,7 +114,7 @@ class OnnxRuntimeEngine(Engine):
         is a DeviceArray from this engine's CUDA device, complete when this returns."""
         if not self._on_gpu:
             return super().infer_device(batch)
-        pointer, shape, dtype = self.device_batch(batch, exact=self._fixed_batch)
+        pointer, shape, dtype = self.device_batch(batch, exact=self.fixed_batch)
         output_shape = (shape[0], *self._output_graph_shape[1:])
         if not all(isinstance(n, int) for n in output_shape):
             raise EngineError(f"{self.path} has output shape {self._output_graph_shape}; the GPU frame path needs "

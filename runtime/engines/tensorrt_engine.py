@@ -96,10 +96,10 @@ class TensorRTEngine(Engine):
         check_io_dtypes(self.contract, self._input_dtype, self._output_dtype, str(self.path))
         batch = self._engine.get_tensor_shape(self._input)[0]
         if batch > 0:
-            self._fixed_batch, self._max_batch = batch, batch
+            self.fixed_batch, self._max_batch = batch, batch
         else:  # dynamic: profile 0 bounds the batch
             low, _, high = self._engine.get_tensor_profile_shape(self._input, 0)
-            self._fixed_batch, self._batch_range = None, (low[0], high[0])
+            self.fixed_batch, self._batch_range = None, (low[0], high[0])
             self._max_batch = high[0]
         self._execution = self._engine.create_execution_context()
         self._stream = self._cuda.new_stream()
@@ -111,7 +111,7 @@ class TensorRTEngine(Engine):
     def infer(self, batch: np.ndarray) -> np.ndarray:
         batch = check_batch(self.contract, batch)
         with self._cuda.current():
-            return self.run_in_chunks(batch, self._run_host, exact=self._fixed_batch, most=self._max_batch)
+            return self.run_in_chunks(batch, self._run_host, exact=self.fixed_batch, most=self._max_batch)
 
     def _run_host(self, batch: np.ndarray) -> np.ndarray:
         mirror_in = self._mirrors[self._input]
@@ -125,7 +125,7 @@ class TensorRTEngine(Engine):
 
     def infer_device(self, batch):
         """The batch (at most the profile's maximum) read and the output written in device memory."""
-        pointer, shape, _ = self.device_batch(batch, exact=self._fixed_batch)
+        pointer, shape, _ = self.device_batch(batch, exact=self.fixed_batch)
         if shape[0] > self._max_batch:
             raise EngineError(f"{self.path} takes at most {self._max_batch} images per batch; got {shape[0]}")
         with self._cuda.current():
@@ -136,7 +136,7 @@ class TensorRTEngine(Engine):
     def _execute(self, input_pointer: int, shape: tuple[int, ...]):
         """Queue one run on this engine's stream; returns the pooled device output."""
         execution = self._execution
-        if self._fixed_batch is None and not execution.set_input_shape(self._input, tuple(shape)):
+        if self.fixed_batch is None and not execution.set_input_shape(self._input, tuple(shape)):
             low, high = self._batch_range
             raise EngineError(f"TensorRT refused input shape {tuple(shape)} for {self.path} (its profile takes "
                               f"batches of {low} to {high}); rebuild it with a larger export.max_batch")

@@ -349,3 +349,69 @@ def test_cuda_calls_get_device_inputs_and_wait_for_the_kernels():
     assert events == []  # uploads happen once, at binding; nothing runs yet
     call()
     assert events == [("blend", "device(2, 3, 3)", "device(2, 3)", "ndarray", 0.5), "synchronize"]
+
+
+# ------------------------------------------------------------------------------ rig and soak
+
+
+def test_rig_and_soak_levels_write_their_records_and_tables(inputs, tmp_path):
+    models, frames = inputs
+    out = tmp_path / "out"
+    result = run_cli("--model", models[0], "--model", models[1], "--video", frames, "--levels", "rig", "soak",
+                     "--rig-cameras", 1, 2, "--rig-frames", 3, "--soak-frames", 9, "--soak-window", 4, "--threads", 1,
+                     "--encode", "--json", out / "bench.json", "--markdown", out / "bench.md")
+    assert result.returncode == 0, result.stderr
+    data = json.loads((out / "bench.json").read_text())
+    assert data["config"]["rig_model"] == "tiny_int8"  # the int8 artefact by default
+    assert set(data["rig"]) == {"1", "2"}
+    for count, record in data["rig"].items():
+        cameras = int(count)
+        assert (record["rig"]["processes"], record["separate"]["processes"]) == (1, cameras)
+        for run in ("rig", "separate"):
+            row = record[run]
+            assert row["frames"] == 3 * cameras and len(row["camera_fps"]) == cameras
+            assert row["fps"] > 0 and row["rss_mb"] > 0 and row["worst_p99_glass_to_glass_ms"] > 0
+        assert record["fps_ratio"] == pytest.approx(record["rig"]["fps"] / record["separate"]["fps"])
+    soak = data["soak"]
+    # 9 frames of a looped 4-frame folder: two full windows of 4
+    assert soak["frames"] == 9 and [w["frames"] for w in soak["windows"]] == [4, 8]
+    assert all(w["fds"] > 0 and w["rss_mb"] > 0 and w["p99_ms"] > 0 for w in soak["windows"])
+    markdown = (out / "bench.md").read_text()
+    assert "## Rig (tiny_int8," in markdown and "| 2 | separate | 2 |" in markdown
+    assert "## Soak (tiny_int8," in markdown and "looped for 9 frames" in markdown and "| 8 |" in markdown
+    assert not [p for p in out.rglob(".*") if p.is_file()]
+
+
+def test_soak_windows_by_hand():
+    rss = iter([100 * 2**20, 102 * 2**20]).__next__
+    fds = iter([10, 11]).__next__
+    windows = measure.SoakWindows(3, resident=rss, fds=fds)
+    for value in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0):
+        windows.add(value)
+    record = windows.record()
+    # p99 of 1, 2, 3 at rank 1.98: 2.98; of 4, 5, 6: 5.98; the 7th frame starts a window not finished
+    assert record["windows"] == [{"frames": 3, "rss_mb": 100.0, "fds": 10, "p99_ms": pytest.approx(2.98)},
+                                 {"frames": 6, "rss_mb": 102.0, "fds": 11, "p99_ms": pytest.approx(5.98)}]
+    assert record["frames"] == 7 and record["window"] == 3
+    assert record["rss_ratio"] == pytest.approx(1.02) and record["fds_added"] == 1
+    assert record["p99_ratio"] == pytest.approx(5.98 / 2.98)
+
+
+def camera(frames_out, fps, p99):
+    return {"frames_out": frames_out, "fps": fps, "latency_ms": {"glass_to_glass": {"p99": p99}}}
+
+
+def test_rig_record_by_hand():
+    separate = [{**camera(10, 5.0, 50.0), "wall_s": 2.0}, {**camera(20, 5.0, 70.0), "wall_s": 4.0}]
+    record = measure.rig_record(separate, [100 * 2**20, 50 * 2**20])
+    # 30 frames over the longest run (4 s); the worse p99 of the two; 100 + 50 MiB
+    assert record == {"fps": 7.5, "frames": 30, "wall_s": 4.0, "camera_fps": [5.0, 5.0],
+                      "worst_p99_glass_to_glass_ms": 70.0, "rss_mb": 150.0, "processes": 2}
+    rig = {"wall_s": 3.0, "cameras": {"cam0": camera(12, 4.0, 90.0), "cam1": camera(12, 4.0, None)}}
+    record = measure.rig_record([rig], [120 * 2**20])
+    assert (record["fps"], record["worst_p99_glass_to_glass_ms"], record["processes"]) == (8.0, 90.0, 1)
+
+
+def test_soak_shorter_than_a_window_is_exit_2():
+    result = run_cli("--levels", "soak", "--soak-frames", 5, "--soak-window", 10)
+    assert result.returncode == 2 and "--soak-frames (5) must be at least one --soak-window (10)" in result.stderr

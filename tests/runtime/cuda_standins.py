@@ -123,6 +123,11 @@ class StandInDriver:
         flat[:] = self.device_bytes(int(source), flat.size)
         self.copies.append(("dtoh", flat.size))
 
+    def memcpy_dtod_async(self, destination, source, size: int, stream=None):
+        self.require_context("memcpy_dtod_async")
+        self.device_bytes(int(destination), size)[:] = self.device_bytes(int(source), size)
+        self.copies.append(("dtod", size))
+
     def Stream(self):  # noqa: N802 - pycuda's name
         self.require_context("Stream")
         return StandInStream(self)

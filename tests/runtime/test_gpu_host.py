@@ -344,3 +344,39 @@ def test_segment_device_cuda_with_a_host_engine_stops_in_one_line(tmp_path, caps
     assert code == 2 and len(err) == 1
     assert "runs m.onnx on the host" in err[0] and "--device cpu" in err[0]
     assert not (tmp_path / "overlay.mp4").exists()
+
+
+def test_rig_batches_are_gathered_on_the_device_and_split_back_as_views(tensorrt_here):
+    path, trt, driver = tensorrt_here(profile=(1, 1, 8))
+    with open_engine(path) as engine:
+        ops_device, _, _ = pycuda_device(driver)
+        processor = GpuProcessor(engine, ops=CudaOps(ops_device))
+        inputs = [engine._cuda.to_device(images(3)[index:index + 1]) for index in range(3)]
+        driver.copies.clear()
+        outputs = processor.infer_batch(inputs)
+        assert trt.executions[0].batches == [3]  # one inference for the three cameras
+        image_bytes = 3 * 4 * 6 * 4
+        assert driver.copies == [("dtod", image_bytes)] * 3  # gathered on the device, nothing through the host
+        assert [output.shape for output in outputs] == [(1, 2, 4, 6)] * 3
+        for index, output in enumerate(outputs):  # the stand-in network keeps two channels
+            np.testing.assert_array_equal(output.get(), images(3)[index:index + 1, :2])
+        processor.close()
+    assert driver.leaks == []
+
+
+def test_rig_of_two_cameras_runs_the_gpu_frame_path(tensorrt_here):
+    from runtime.pipeline import Camera, run_rig
+
+    path, trt, driver = tensorrt_here(profile=(1, 1, 8))
+    frames = [np.random.default_rng(i).integers(0, 256, (8, 10, 3), dtype=np.uint8) for i in range(4)]
+    sinks = [OverlaySink(), OverlaySink()]
+    with open_engine(path) as engine:
+        processor = GpuProcessor(engine, ops=CudaOps(pycuda_device(driver)[0]))
+        stats = run_rig([Camera(enumerate(frames), [sinks[0]], name="a"),
+                         Camera(enumerate(frames[::-1]), [sinks[1]], name="b")], processor)
+        processor.close()
+    assert [stats.cameras[name].frames_out for name in "ab"] == [4, 4]
+    assert sum(trt.executions[0].batches) == 8 and stats.frames_inferred == 8
+    for got, frame in zip(sinks[0].overlays + sinks[1].overlays, frames + frames[::-1]):
+        np.testing.assert_array_equal(got, frame)  # each overlay went back to its own camera, in order
+    assert driver.leaks == []

@@ -107,7 +107,8 @@ def test_frame_times_in_milliseconds():
 def test_run_stats_summary():
     stats = RunStats(frames_in=10, frames_out=8, dropped=2, corrupt=1, wall_s=4.0)
     for stage in stats.latency_ms:
-        stats.latency_ms[stage].extend([1.0, 3.0])
+        for value in (1.0, 3.0):
+            stats.latency_ms[stage].add(value)
     summary = stats.summary()
     assert summary["fps"] == 2.0
     assert {k: summary[k] for k in ("frames_in", "frames_out", "dropped", "corrupt", "interrupted")} == {

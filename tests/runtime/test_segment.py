@@ -39,8 +39,10 @@ def bikes_mp4() -> Path:
     return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "bikes.mp4"
 
 
-def write_model(path: Path, weights: np.ndarray, input_hw, output_kind: str, with_contract: bool = True) -> Path:
-    """1x1 conv from normalised RGB to K logits; lowres_logits average-pools them by 4."""
+def write_model(path: Path, weights: np.ndarray, input_hw, output_kind: str, with_contract: bool = True,
+                batch: int | str = 1) -> Path:
+    """1x1 conv from normalised RGB to K logits; lowres_logits average-pools them by 4. `batch`
+    is the graph's batch axis: a size, or a name for a dynamic one."""
     classes = weights.shape[0]
     height, width = input_hw
     nodes = [helper.make_node("Conv", ["image", "weight"], ["logits"])]
@@ -50,8 +52,8 @@ def write_model(path: Path, weights: np.ndarray, input_hw, output_kind: str, wit
         out_hw = (height // 4, width // 4)
     graph = helper.make_graph(
         nodes, "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, height, width])],
-        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, [1, classes, *out_hw])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, height, width])],
+        [helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, [batch, classes, *out_hw])],
         [numpy_helper.from_array(weights.reshape(classes, 3, 1, 1).astype(np.float32), "weight")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
