@@ -127,13 +127,13 @@ def render_markdown(results: dict) -> str:
                 lines.append(f"| {mode} | {stage} | {_ms(row['p50_ms'])} | {_ms(row['p90_ms'])} | {_ms(row['p99_ms'])} |")
         lines.append("")
     if "rig" in results:
-        lines += _rig_markdown(results)
+        lines += rig_markdown(results)
     if "soak" in results:
-        lines += _soak_markdown(results)
+        lines += soak_markdown(results)
     return "\n".join(lines)
 
 
-def _rig_markdown(results: dict) -> list[str]:
+def rig_markdown(results: dict) -> list[str]:
     config = results["config"]
     lines = [f"## Rig ({config['rig_model']}, {config['video']}, {config['rig_frames']} frames per camera"
              f"{', offline into H.264' if config.get('encode') else ', offline'})", "",
@@ -154,7 +154,7 @@ def _rig_markdown(results: dict) -> list[str]:
     return lines
 
 
-def _soak_markdown(results: dict) -> list[str]:
+def soak_markdown(results: dict) -> list[str]:
     soak, config = results["soak"], results["config"]
     lines = [f"## Soak ({config['rig_model']}, {config['video']} looped for {soak['frames']} frames, "
              f"{soak['fps']:.2f} FPS)", "",

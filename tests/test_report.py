@@ -150,3 +150,18 @@ def test_stale_results_are_marked_with_the_commit_that_holds_them(monkeypatch):
     assert ("**Stale** (rows marked *): code these ran on has changed since (training/engine.py). Each figure is "
             "the one that ran, committed in: stpg-1 abc1234.") in text
     assert "**Stale**" not in report.render_ssl_benchmark(summary, rows[:1], mark_stale=True)
+
+
+def test_rig_block_renders_the_benchmark_s_rig_and_soak_levels(monkeypatch):
+    monkeypatch.setattr(report, "_stale", lambda: {})
+    assert report.render_rig(None) == report.render_rig({"model": {}}) == "Not measured yet: run `dvc repro benchmark`."
+    run = lambda fps, rss: {"processes": 1, "fps": fps, "camera_fps": [fps], "worst_p99_glass_to_glass_ms": 50.0,  # noqa: E731
+                            "rss_mb": rss}
+    bench = {"config": {"rig_model": "gen_student_int8", "video": "clip.mp4", "rig_frames": 120, "encode": True},
+             "rig": {"1": {"rig": run(16.0, 200), "separate": run(16.0, 210), "fps_ratio": 1.0, "rss_ratio": 200 / 210}},
+             "soak": {"frames": 2000, "window": 1000, "fps": 16.0, "rss_ratio": 1.004, "fds_added": 0, "p99_ratio": 1.1,
+                      "windows": [{"frames": 1000, "rss_mb": 250.0, "fds": 20, "p99_ms": 400.0}]}}
+    text = report.render_rig(bench)
+    assert text.startswith("#### Rig (gen_student_int8, clip.mp4, 120 frames per camera, offline into H.264)")
+    assert "| 1 | rig | 1 | 16.00 | 16.00 | 50.00 | 200 |" in text and "#### Soak" in text
+    assert "| 1000 | 250.0 | 20 | 400.00 |" in text

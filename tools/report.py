@@ -26,7 +26,7 @@ from training import params
 METRICS = Path("metrics")
 # Where the metrics are read from: the working tree (rendering), or a commit (--check).
 SOURCE = Revision(None)
-TARGETS = {"README.md": ("ssl_benchmark", "demo", "export"), "docs/ssl_benchmark.md": ("ssl_benchmark", "ssl_signals", "ssl_precision",
+TARGETS = {"README.md": ("rig", "ssl_benchmark", "demo", "export"), "docs/ssl_benchmark.md": ("ssl_benchmark", "ssl_signals", "ssl_precision",
                                                                                        "ssl_history"),
            "docs/benchmarks.md": ("latency",)}
 
@@ -234,6 +234,19 @@ def render_latency(benchmark: dict | None) -> str:
     return text + (f"\n\n{note}" if note else "")
 
 
+def render_rig(benchmark: dict | None) -> str:
+    """The rig and soak levels of the benchmark stage (the rest of it: docs/benchmarks.md)."""
+    if not benchmark or not {"rig", "soak"} & set(benchmark):
+        return _not_measured("dvc repro benchmark")
+    from bench.report import rig_markdown, soak_markdown
+
+    lines = rig_markdown(benchmark) if "rig" in benchmark else []
+    lines += soak_markdown(benchmark) if "soak" in benchmark else []
+    text = "\n".join(lines).replace("## ", "#### ").rstrip("\n")
+    note = stale_note({"benchmark": "metrics/benchmark.json"}, "both tables")
+    return text + (f"\n\n{note}" if note else "")
+
+
 def _rows(folder: Path) -> list[dict]:
     return [_read(folder / name) for name in _listing(folder) if re.fullmatch(r".+-.+\.json", name)]
 
@@ -284,6 +297,7 @@ def blocks() -> dict[str, str]:
                              "supervised baseline (`models/baseline.pt`)": _load("eval_baseline.json")}),
         "export": render_export(_load("export.json")),
         "latency": render_latency(_load("benchmark.json")),
+        "rig": render_rig(_load("benchmark.json")),
     }
 
 
