@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from bench.measure import (DEFAULT_LEVELS, DEFAULT_MODELS, DEFAULT_VIDEO, EXIT_BAD_INPUT, LEVELS, NAMED_RESOLUTIONS,
-                           BenchmarkError, bench_e2e, bench_models, bench_ops, bench_rig, bench_soak, describe_machine,
-                           model_names)
+                           BenchmarkError, bench_e2e, bench_models, bench_ops, bench_rig, bench_rig_realtime, bench_soak,
+                           describe_machine, model_names)
 from bench.report import check_output, compare, csv_text, format_compare, load_results, render_markdown, write_plot
 from runtime import ops
 from runtime.contract import PRECISIONS, ContractError
@@ -173,8 +173,11 @@ def benchmark(args) -> dict:
         if "rig" in args.levels:
             thread_args = [item for flag, value in (("--threads", args.threads), ("--op-threads", args.op_threads))
                            if value is not None for item in (flag, str(value))]
-            results["rig"] = bench_rig(dict(zip(engines, models))[rig_name], str(args.video), args.rig_cameras,
-                                       args.rig_frames, args.encode, thread_args)
+            rig_model = dict(zip(engines, models))[rig_name]
+            results["rig"] = bench_rig(rig_model, str(args.video), args.rig_cameras, args.rig_frames, args.encode,
+                                       thread_args)
+            results["rig_realtime"] = bench_rig_realtime(rig_model, str(args.video), max(args.rig_cameras),
+                                                         args.rig_frames, args.encode, thread_args)
         if "soak" in args.levels:
             results["soak"] = bench_soak(engines[rig_name], str(args.video), args.soak_frames, args.soak_window,
                                          args.encode)

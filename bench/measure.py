@@ -479,6 +479,31 @@ def bench_rig(model: Path, video: str, counts: list[int], frames: int, encode: b
     return results
 
 
+def bench_rig_realtime(model: Path, video: str, cameras: int, frames: int, encode: bool, thread_args: list[str],
+                       timeout_s: float = 3600) -> dict:
+    """One rig of `cameras` copies of the video in real time (each paced at the video's frame rate,
+    dropping its oldest frame rather than queueing): each camera's delivered FPS, their spread
+    (fastest / slowest - 1), the worst p99 glass to glass of delivered frames, and that over the
+    p50 of one inference (what a queue building up would inflate)."""
+    with tempfile.TemporaryDirectory(prefix="stpg-bench-rig-rt-") as scratch:
+        summary_path = Path(scratch) / "rig.json"
+        command = [sys.executable, str(SEGMENT), "--model", str(model), "--max-frames", str(frames), "--no-progress",
+                   "--realtime", *thread_args, *["--source", video] * cameras, "--json", str(summary_path)]
+        if encode:
+            command += ["--out", str(Path(scratch) / "out")]
+        run_together([command], timeout_s)
+        summary = json.loads(summary_path.read_text())
+    per_camera = list(summary.get("cameras", {"": summary}).values())
+    fps = [camera["fps"] for camera in per_camera]
+    worst = max((c["latency_ms"][GLASS_TO_GLASS]["p99"] for c in per_camera
+                 if c["latency_ms"][GLASS_TO_GLASS]["p99"] is not None), default=None)
+    infer = max((c["latency_ms"]["infer"]["p50"] for c in per_camera if c["latency_ms"]["infer"]["p50"]), default=None)
+    return {"cameras": cameras, "camera_fps": fps, "dropped": [camera["dropped"] for camera in per_camera],
+            "fps_spread": max(fps) / min(fps) - 1 if fps and min(fps) > 0 else None,
+            "worst_p99_glass_to_glass_ms": worst, "infer_p50_ms": infer,
+            "p99_over_infer": worst / infer if worst is not None and infer else None}
+
+
 class SoakWindows:
     """Per window of `size` frames: the frame count at its end, resident MB, open descriptors and
     the window's p99 glass to glass (`resident` and `fds` read the process; given for tests)."""

@@ -151,6 +151,14 @@ def rig_markdown(results: dict) -> list[str]:
             lines.append(f"| {count} | {run} | {row['processes']} | {_ms(row['fps'])} | {_ms(min(row['camera_fps']))} "
                          f"| {_ms(row['worst_p99_glass_to_glass_ms'])} | {row['rss_mb']:.0f} | {ratio} |")
     lines.append("")
+    live = results.get("rig_realtime")
+    if live:
+        spread = "-" if live["fps_spread"] is None else f"{100 * live['fps_spread']:.1f} %"
+        lines += [f"Real time ({live['cameras']} cameras, each paced at the video's frame rate, oldest frame dropped): "
+                  f"delivered FPS per camera {', '.join(_ms(fps) for fps in live['camera_fps'])} (fastest over slowest "
+                  f"+{spread}), dropped {', '.join(map(str, live['dropped']))}; worst p99 glass to glass "
+                  f"{_ms(live['worst_p99_glass_to_glass_ms'])} ms, {_ratio(live['p99_over_infer'])} one inference's p50 "
+                  f"({_ms(live['infer_p50_ms'])} ms).", ""]
     return lines
 
 

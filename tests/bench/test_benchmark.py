@@ -364,6 +364,10 @@ def test_rig_and_soak_levels_write_their_records_and_tables(inputs, tmp_path):
     data = json.loads((out / "bench.json").read_text())
     assert data["config"]["rig_model"] == "tiny_int8"  # the int8 artefact by default
     assert set(data["rig"]) == {"1", "2"}
+    live = data["rig_realtime"]
+    assert live["cameras"] == 2 and len(live["camera_fps"]) == len(live["dropped"]) == 2
+    assert live["p99_over_infer"] == pytest.approx(live["worst_p99_glass_to_glass_ms"] / live["infer_p50_ms"])
+    assert live["fps_spread"] == pytest.approx(max(live["camera_fps"]) / min(live["camera_fps"]) - 1)
     for count, record in data["rig"].items():
         cameras = int(count)
         assert (record["rig"]["processes"], record["separate"]["processes"]) == (1, cameras)
@@ -378,6 +382,7 @@ def test_rig_and_soak_levels_write_their_records_and_tables(inputs, tmp_path):
     assert all(w["fds"] > 0 and w["rss_mb"] > 0 and w["p99_ms"] > 0 for w in soak["windows"])
     markdown = (out / "bench.md").read_text()
     assert "## Rig (tiny_int8," in markdown and "| 2 | separate | 2 |" in markdown
+    assert "Real time (2 cameras, each paced at the video's frame rate" in markdown
     assert "## Soak (tiny_int8," in markdown and "looped for 9 frames" in markdown and "| 8 |" in markdown
     assert not [p for p in out.rglob(".*") if p.is_file()]
 
