@@ -6,6 +6,11 @@ that the fast versions can match it bit for bit where the result is an integer.
 
 Sampling positions are computed exactly in integers (a rational source coordinate num / den),
 so every implementation derives the same taps and weights from the same sizes.
+
+Non-finite logits (an fp16 engine that overflows gives inf, a broken one NaN) have one meaning
+everywhere: NaN counts as -inf, and every tie (+inf against +inf included) goes to the lowest
+class index. Interpolation first saturates each logit to [-LOGIT_LIMIT, LOGIT_LIMIT] (NaN to
+-LOGIT_LIMIT), so every interpolated value is finite and no inf - inf can make a NaN.
 """
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ RESIZE_WEIGHT_ONE = 2048
 ALPHA_ONE = 256
 # Labels are uint8, so at most 256 classes.
 MAX_CLASSES = 256
+# What upsample_argmax saturates logits to before interpolating (2^126): the difference of two
+# saturated logits, 2^127, and every lerp of them stay finite in float32.
+LOGIT_LIMIT = np.float32(2.0 ** 126)
 
 
 class OpsInputError(ValueError):
@@ -259,10 +267,22 @@ def preprocess(frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float
     return deliver(op, result, out)
 
 
+def saturate_logits(logits: np.ndarray) -> np.ndarray:
+    """float32 logits clipped to [-LOGIT_LIMIT, LOGIT_LIMIT], NaN mapped to -LOGIT_LIMIT: what
+    upsample_argmax interpolates (+inf becomes 2^126, -inf and NaN -2^126)."""
+    values = logits.astype(np.float32)
+    return np.clip(np.where(np.isnan(values), -LOGIT_LIMIT, values), -LOGIT_LIMIT, LOGIT_LIMIT)
+
+
+def has_nonfinite(logits: np.ndarray) -> bool:
+    """Whether any logit is inf or NaN (a network output the caller should hear about)."""
+    return not np.isfinite(logits).all()
+
+
 def upsample_logits(lowres, out_hw) -> np.ndarray:
     """Bilinear align_corners=True upsample of (K, h, w) logits to float32 (K, H, W).
 
-    With taps from `align_corners_taps` and L = lowres as float32, horizontal pass first:
+    With taps from `align_corners_taps` and L = saturate_logits(lowres), horizontal pass first:
         row = L[:, y, x0] + fx * (L[:, y, x1] - L[:, y, x0])     for every source row y
         v   = row[y0] + fy * (row[y1] - row[y0])
     """
@@ -272,27 +292,32 @@ def upsample_logits(lowres, out_hw) -> np.ndarray:
     _, h, w = logits.shape
     y0, y1, fy, _ = align_corners_taps(h, height)
     x0, x1, fx, _ = align_corners_taps(w, width)
-    src = logits.astype(np.float32)
+    src = saturate_logits(logits)
     left, right = src[:, :, x0], src[:, :, x1]
     rows = left + fx * (right - left)
     top, bottom = rows[:, y0], rows[:, y1]
     return top + fy[:, None] * (bottom - top)
 
 
-def upsample_argmax(lowres, out_hw):
+def upsample_argmax(lowres, out_hw, report_nonfinite=False):
     """Labels of `upsample_logits` (the class with the largest value, the lowest index on a
     tie, as np.argmax), which the fast versions compute without keeping the logits.
 
     They give these labels exactly, ties included, by evaluating the same float operations
-    in the same order wherever they interpolate. NaN logits are outside the contract.
+    in the same order wherever they interpolate. With `report_nonfinite`, returns
+    (labels, has_nonfinite(lowres)).
     """
-    return np.argmax(upsample_logits(lowres, out_hw), axis=0).astype(np.uint8)
+    labels = np.argmax(upsample_logits(lowres, out_hw), axis=0).astype(np.uint8)
+    return (labels, has_nonfinite(lowres)) if report_nonfinite else labels
 
 
-def argmax(logits):
-    """Per-pixel class of (K, H, W) float32/float16 logits; the lowest index wins a tie."""
+def argmax(logits, report_nonfinite=False):
+    """Per-pixel class of (K, H, W) float32/float16 logits; NaN counts as -inf and the lowest
+    index wins a tie (+inf against +inf too). With `report_nonfinite`, returns
+    (labels, has_nonfinite(logits))."""
     logits = check_logits("argmax", logits)
-    return np.argmax(logits, axis=0).astype(np.uint8)
+    labels = np.argmax(np.where(np.isnan(logits), -np.inf, logits), axis=0).astype(np.uint8)
+    return (labels, has_nonfinite(logits)) if report_nonfinite else labels
 
 
 def blend(frame_bgr, labels, palette_rgb, alpha, out=None):

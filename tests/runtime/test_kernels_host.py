@@ -28,6 +28,7 @@ from runtime.pipeline import Processor, run_pipeline
 from tests.runtime.cuda_standins import StandInDeviceEngine, pycuda_device
 from tests.runtime.host_cuda import NoCompiler, build, compiler
 from tests.runtime.test_gpu_path import KeepAll
+from tests.runtime.test_ops import NONFINITE_KINDS, nonfinite_logits
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -286,6 +287,30 @@ def test_argmax_is_the_reference_exactly(host, dtype):
         np.testing.assert_array_equal(run(ops, "argmax", logits), reference.argmax(logits), err_msg=name)
     assert run(ops, "argmax", cases["equal"]).max() == 0  # every class equal: the lowest wins
     assert launched(module, f"argmax_{'f16' if dtype == np.float16 else 'f32'}") >= len(cases) + 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("kind", NONFINITE_KINDS)
+def test_non_finite_logits_are_the_reference_on_every_pixel(host, kind, dtype):
+    """NaN as -inf, ties to the lowest class, logits saturated to +-2^126 before interpolating."""
+    ops, _, _ = host
+    logits = nonfinite_logits(kind, dtype)
+    np.testing.assert_array_equal(run(ops, "argmax", logits), reference.argmax(logits))
+    for out_hw in ((47, 113), (23, 41), (5, 3), (1, 1)):
+        got = run(ops, "upsample_argmax", logits, out_hw)
+        np.testing.assert_array_equal(got, reference.upsample_argmax(logits, out_hw), err_msg=f"{out_hw}")
+
+
+def test_non_finite_hand_computed(host):
+    """1 x 2 -> 1 x 3: +inf, 0 interpolates to 2^126, 2^125, 0 and beats 1 twice; +inf, -inf
+    gives 0 in the middle, a tie with class 1 that class 0 wins; NaN and -inf tie (class 0)."""
+    ops, _, _ = host
+    beats_one = np.array([[[np.inf, 0.0]], [[1.0, 1.0]]], np.float32)
+    assert run(ops, "upsample_argmax", beats_one, (1, 3)).tolist() == [[0, 0, 1]]
+    ties_zero = np.array([[[np.inf, -np.inf]], [[0.0, 0.0]]], np.float16)
+    assert run(ops, "upsample_argmax", ties_zero, (1, 3)).tolist() == [[0, 0, 1]]
+    column = np.array([np.nan, -np.inf, np.nan], np.float16).reshape(3, 1, 1)
+    assert run(ops, "argmax", column).tolist() == [[0]]
 
 
 def test_f16_logits_of_every_finite_half_order_like_the_reference(host):
