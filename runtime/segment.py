@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the `runtime` package importable
@@ -117,6 +118,10 @@ def format_summary(summary: dict) -> str:
     ]
     if summary.get("error"):
         lines.append(f"camera failed: {summary['error']}")
+    nonfinite = summary.get("nonfinite_frames", 0)
+    if nonfinite != 0:
+        lines.append("network output with inf/NaN: " + ("not checked on this frame path" if nonfinite is None
+                                                        else f"{nonfinite} frames (NaN counted as -inf)"))
     for outage in summary.get("outages", []):
         lines.append(f"outage at {outage['start_s']:.2f} s for {outage['length_s']:.2f} s, "
                      f"{outage['frames_lost']} frames lost")
@@ -307,6 +312,27 @@ def rig_summary(stats, per_camera: dict, shared: dict) -> dict:
     }
 
 
+class NonfiniteWarning:
+    """Calls `write` with one warning line at the first frame, of any camera, whose network
+    output had inf or NaN: a broken or overflowing engine should be heard of while it runs, and
+    once, since the summary counts every such frame."""
+
+    def __init__(self, write):
+        self._write = write
+        self._lock = threading.Lock()  # every camera's encode thread calls in
+        self._warned = False
+
+    def __call__(self, camera_id: str, frame) -> None:
+        if not frame.nonfinite or self._warned:
+            return
+        with self._lock:
+            if self._warned:
+                return
+            self._warned = True
+        self._write(f"segment: warning: camera {camera_id}, frame {frame.index}: the network output has inf or "
+                    "NaN values (NaN counted as -inf); the summary's nonfinite_frames counts such frames")
+
+
 def _run_with_progress(args, cameras, feeds, processor, sinks):
     try:
         from tqdm import tqdm
@@ -317,19 +343,27 @@ def _run_with_progress(args, cameras, feeds, processor, sinks):
         totals = [args.max_frames if total is None else min(total, args.max_frames) for total in totals]
     total = None if None in totals else sum(totals)
 
-    def streams(on_frame):
+    def streams(warn, advance):
         # A camera cannot wait for us: live sources always run in real-time mode.
+        def on_frame(camera_id):
+            def finished(frame):
+                warn(camera_id, frame)
+                advance()
+            return finished
+
         return [Camera(feed, sinks[camera.id] or [NullSink()], name=camera.id,
                        realtime=camera.realtime or feed.is_live,
                        pace_fps=feed.fps if camera.realtime and not feed.is_live else None,
-                       max_frames=args.max_frames, on_frame=on_frame)
+                       max_frames=args.max_frames, on_frame=on_frame(camera.id))
                 for camera, feed in zip(cameras, feeds)]
 
     if tqdm is None:
-        return run_rig(streams(None), processor, max_batch=args.max_batch)
+        warn = NonfiniteWarning(lambda line: print(line, file=sys.stderr, flush=True))
+        return run_rig(streams(warn, lambda: None), processor, max_batch=args.max_batch)
     with tqdm(total=total, unit="frame", desc="segment", file=sys.stderr, disable=args.no_progress,
               dynamic_ncols=True) as bar:
-        return run_rig(streams(lambda frame: bar.update()), processor, max_batch=args.max_batch)
+        warn = NonfiniteWarning(lambda line: bar.write(line, file=sys.stderr))  # above the bar, not through it
+        return run_rig(streams(warn, bar.update), processor, max_batch=args.max_batch)
 
 
 def main(argv=None) -> int:
