@@ -146,7 +146,7 @@ class CudaOps:
         """reference.preprocess on the device: (3, h, w) float32/float16 or (h, w, 3) uint8,
         letterboxed into `region` (top, left, height, width) when given."""
         op = "preprocess"
-        height, width = reference.parse_size(op, "out_hw", out_hw)
+        height, width = reference.parse_size(op, "out_hw", out_hw, channels=3)
         mean = [float(v) for v in np.float32(reference.parse_triplet(op, "mean", mean))]
         std = [float(v) for v in np.float32(reference.parse_triplet(op, "std", std, positive=True))]
         layout = reference.parse_layout(op, layout)

@@ -63,7 +63,7 @@ if _ops is not None:
         into one multiply-add); "nhwc_uint8" output and the padding are bit-identical.
         """
         op = "preprocess"
-        height, width = reference.parse_size(op, "out_hw", out_hw)
+        height, width = reference.parse_size(op, "out_hw", out_hw, channels=3)
         mean = reference.parse_triplet(op, "mean", mean)
         std = reference.parse_triplet(op, "std", std, positive=True)
         as_bytes = reference.parse_layout(op, layout) == "nhwc_uint8"

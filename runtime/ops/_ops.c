@@ -28,6 +28,7 @@
 #define WEIGHT_SHIFT 22   /* two weights multiplied: 2^11 * 2^11 */
 #define ALPHA_ONE 256
 #define MAX_CLASSES 256
+#define MAX_ELEMENTS 2147483647L /* reference.MAX_ELEMENTS: no size product overflows 32 bits */
 #define ARGMAX_CHUNK 2048
 #define ROW_CHUNK 8       /* output rows a worker takes at a time */
 
@@ -239,6 +240,11 @@ static PyArrayObject *checked_array(PyObject *obj, const char *op, const char *n
         Py_XDECREF(shape);
         return NULL;
     }
+    if (PyArray_SIZE(array) > MAX_ELEMENTS) {
+        PyErr_Format(input_error, "%s: %s has %zd elements; at most %ld (2^31 - 1) are allowed", op, name,
+                     (Py_ssize_t)PyArray_SIZE(array), MAX_ELEMENTS);
+        return NULL;
+    }
     return array;
 }
 
@@ -300,10 +306,17 @@ static PyArrayObject *checked_logits(PyObject *obj, const char *op)
     return logits;
 }
 
-static int check_size(const char *op, long height, long width)
+/* out_hw for an output of `channels` values per pixel: positive, at most MAX_ELEMENTS in all
+   (compared by division, so no product is formed before it is known to fit). */
+static int check_size(const char *op, long height, long width, long channels)
 {
     if (height < 1 || width < 1) {
         PyErr_Format(input_error, "%s: out_hw must be positive, got (%ld, %ld)", op, height, width);
+        return -1;
+    }
+    if (height > MAX_ELEMENTS / width / channels) {
+        PyErr_Format(input_error, "%s: out_hw (%ld, %ld) makes an output of more than %ld (2^31 - 1) elements", op,
+                     height, width, MAX_ELEMENTS);
         return -1;
     }
     return 0;
@@ -439,9 +452,10 @@ static PyObject *py_preprocess(PyObject *self, PyObject *args)
                           &inner_h, &inner_w))
         return NULL;
     PyArrayObject *frame = checked_frame(frame_obj, op);
-    if (!frame || check_size(op, height, width))
+    if (!frame || check_size(op, height, width, 3))
         return NULL;
-    if (top < 0 || left < 0 || inner_h < 1 || inner_w < 1 || top + inner_h > height || left + inner_w > width) {
+    /* top > height - inner_h rather than top + inner_h > height: the sum of two Python ints could overflow */
+    if (top < 0 || left < 0 || inner_h < 1 || inner_w < 1 || top > height - inner_h || left > width - inner_w) {
         PyErr_Format(input_error, "%s: region (%ld, %ld, %ld, %ld) must lie inside out_hw (%ld, %ld)", op, top,
                      left, inner_h, inner_w, height, width);
         return NULL;
@@ -912,7 +926,7 @@ static PyObject *py_upsample_argmax(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "Oll", &logits_obj, &height, &width))
         return NULL;
     PyArrayObject *logits = checked_logits(logits_obj, op);
-    if (!logits || check_size(op, height, width))
+    if (!logits || check_size(op, height, width, 1))
         return NULL;
     Upsample u = {.src = PyArray_DATA(logits), .is_half = PyArray_TYPE(logits) == NPY_FLOAT16,
                   .classes = PyArray_DIM(logits, 0), .h = PyArray_DIM(logits, 1), .w = PyArray_DIM(logits, 2),

@@ -26,6 +26,9 @@ RESIZE_WEIGHT_ONE = 2048
 ALPHA_ONE = 256
 # Labels are uint8, so at most 256 classes.
 MAX_CLASSES = 256
+# Every array an op reads or writes has fewer than 2^31 elements, so no index or size product
+# overflows 32 bits (the CUDA kernels count pixels in int); larger sizes are refused up front.
+MAX_ELEMENTS = 2 ** 31 - 1
 # What upsample_argmax saturates logits to before interpolating (2^126): the difference of two
 # saturated logits, 2^127, and every lerp of them stay finite in float32.
 LOGIT_LIMIT = np.float32(2.0 ** 126)
@@ -39,14 +42,18 @@ class OpsInputError(ValueError):
 # Argument checks shared by every backend (the C wrappers call these too).
 
 
-def parse_size(op: str, name: str, size) -> tuple[int, int]:
-    """(height, width) as two positive ints."""
+def parse_size(op: str, name: str, size, channels: int = 1) -> tuple[int, int]:
+    """(height, width) as two positive ints whose array of `channels` values per pixel has at
+    most MAX_ELEMENTS elements."""
     if (not isinstance(size, (tuple, list)) or len(size) != 2
             or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size)):
         raise OpsInputError(f"{op}: {name} must be (height, width) as two ints, got {size!r}")
     height, width = int(size[0]), int(size[1])
     if height < 1 or width < 1:
         raise OpsInputError(f"{op}: {name} must be positive, got {size!r}")
+    if height * width * channels > MAX_ELEMENTS:
+        raise OpsInputError(f"{op}: {name} {size!r} makes an output of {height * width * channels} elements; "
+                            f"at most {MAX_ELEMENTS} (2^31 - 1) are allowed")
     return height, width
 
 
@@ -130,6 +137,8 @@ def check_array(op: str, name: str, array, dtypes: tuple, ndim: int, shape_doc: 
                             f"pass np.ascontiguousarray({name})")
     if min(array.shape) < 1:
         raise OpsInputError(f"{op}: {name} must not be empty, got shape {array.shape}")
+    if array.size > MAX_ELEMENTS:
+        raise OpsInputError(f"{op}: {name} has {array.size} elements; at most {MAX_ELEMENTS} (2^31 - 1) are allowed")
     return array
 
 
@@ -153,9 +162,10 @@ def deliver(op: str, result: np.ndarray, out) -> np.ndarray:
     if out is None:
         return result
     if (not isinstance(out, np.ndarray) or out.dtype != result.dtype or out.shape != result.shape
-            or not out.flags.c_contiguous or not out.flags.writeable or not out.dtype.isnative):
+            or not out.flags.c_contiguous or not out.flags.writeable or not out.flags.aligned
+            or not out.dtype.isnative):
         got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
-        raise OpsInputError(f"{op}: out must be a writeable C-contiguous {result.dtype} array of "
+        raise OpsInputError(f"{op}: out must be a writeable, aligned, C-contiguous {result.dtype} array of "
                             f"shape {result.shape}, got {got}")
     np.copyto(out, result)
     return out
@@ -234,7 +244,7 @@ def preprocess(frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float
     """
     op = "preprocess"
     frame = check_frame(op, frame_bgr)
-    out_hw = parse_size(op, "out_hw", out_hw)
+    out_hw = parse_size(op, "out_hw", out_hw, channels=3)
     mean = np.array(parse_triplet(op, "mean", mean), dtype=np.float32)
     std = np.array(parse_triplet(op, "std", std, positive=True), dtype=np.float32)
     layout = parse_layout(op, layout)
