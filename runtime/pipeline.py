@@ -28,6 +28,7 @@ import numpy as np
 from runtime import ops
 from runtime.engines.base import Engine
 from runtime.ops.reference import nearest_indices
+from runtime.redact import redact
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
 LETTERBOX_MODES = ("auto", "on", "off")
@@ -512,7 +513,7 @@ class _Stream:
                 if not rig.isolate:
                     raise
                 # A camera whose source fails ends like one whose source ends; the rest go on.
-                self.stats.error = " ".join(f"{type(exc).__name__}: {exc}".split())
+                self.stats.error = redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
                 item = None
             end = time.perf_counter_ns()
             if item is None:

@@ -34,6 +34,7 @@ from runtime.contract import ContractError  # noqa: E402
 from runtime.engines import BACKEND_BY_SUFFIX, BACKENDS, EngineError, open_engine  # noqa: E402
 from runtime.ops import OpsInputError  # noqa: E402
 from runtime.gpu_path import DEVICES, open_processor  # noqa: E402
+from runtime.redact import redact  # noqa: E402
 from runtime.pipeline import (GLASS_TO_GLASS, LETTERBOX_MODES, LETTERBOX_TOLERANCE, STAGES, Camera,  # noqa: E402
                               ThreadBudget, abort_sinks, run_rig, thread_budget)
 from runtime.scoring import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
@@ -166,10 +167,14 @@ def format_rig_summary(summary: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="segment", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="exported artefact (.onnx, .engine, .ts) with its model contract")
-    parser.add_argument("--source", action="append", help="video file, camera index (0), rtsp:// or http:// URL, "
+    parser.add_argument("--source", action="append", default=[],
+                        help="video file, camera index (0), rtsp:// or http:// URL, "
                         "or a folder of .png/.jpg frames (each segmented at its own size; --out scales "
                         "every frame to the first one's size, --save-labels keeps each frame's size); "
                         "repeat it for a rig of cameras cam0, cam1, ...")
+    parser.add_argument("--source-env", action="append", default=[], metavar="NAME",
+                        help="a --source taken from environment variable NAME, so a camera URL with its password "
+                        "is not on the command line (which every user sees in ps); repeatable, after the --source ones")
     parser.add_argument("--rig", type=Path, metavar="RIG.yaml",
                         help="run the cameras this file names (id, source, out, save_labels, realtime, loop) "
                         "instead of --source; see README.md")
@@ -206,8 +211,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="score the labels (mIoU) against <frame:06d>.png trainIds in DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if (args.rig is None) == (not args.source):
-        parser.error("give --source (once per camera) or --rig FILE, one of the two")
+    if (args.rig is None) == (not args.source and not args.source_env):
+        parser.error("give --source / --source-env (once per camera) or --rig FILE, one of the two")
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
     for name in ("max_frames", "max_batch", "threads", "op_threads"):
@@ -285,7 +290,7 @@ def segment(args: argparse.Namespace) -> int:
 def camera_summary(stats, camera: rig.CameraSpec, feed: rig.Feed, processor, args) -> dict:
     """One camera's counts and latencies with what it ran on; a failure and outages where it had them."""
     summary = stats.summary()
-    summary.update(source=str(camera.source), realtime=camera.realtime or feed.is_live,
+    summary.update(source=redact(camera.source), realtime=camera.realtime or feed.is_live,
                    corrupt_files=feed.corrupt_files,
                    letterbox={"mode": args.letterbox, "region": processor.region(feed.size[::-1])})
     if stats.error is not None:
@@ -378,7 +383,7 @@ def main(argv=None) -> int:
     try:
         code = segment(args)
     except (SourceError, SinkError, ContractError, EngineError, GroundTruthError, OpsInputError, rig.RigError) as exc:
-        message = " ".join(str(exc).split())  # one line whatever the library put in it
+        message = redact(" ".join(str(exc).split()))  # one line whatever the library put in it, no password
         print(f"segment: error: {message}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before the pipeline started: nothing was written
