@@ -71,7 +71,7 @@ class Frame:
     labels: np.ndarray | None = None
     frame_labels: np.ndarray | None = None
     overlay: np.ndarray | None = None
-    nonfinite: bool | None = None  # the network output had inf or NaN; None: not checked
+    nonfinite: bool = False  # the network output had inf or NaN
 
     def stage_ms(self, stage: str) -> float:
         start, end = self.stamps[stage]
@@ -132,18 +132,14 @@ class RunStats:
         default_factory=lambda: {name: Reservoir() for name in (*STAGES, GLASS_TO_GLASS)})
     error: str | None = None  # why a rig's camera ended early (its source failed)
     outages: list[dict] = dataclasses.field(default_factory=list)  # a live source's reconnections
-    # frames out whose network output had inf or NaN; None where the processor does not check
-    nonfinite_frames: int | None = 0
+    nonfinite_frames: int = 0  # frames out whose network output had inf or NaN
 
     @property
     def fps(self) -> float:
         return self.frames_out / self.wall_s if self.wall_s > 0 else 0.0
 
     def record(self, frame: Frame) -> None:
-        if frame.nonfinite is None:
-            self.nonfinite_frames = None
-        elif self.nonfinite_frames is not None:
-            self.nonfinite_frames += frame.nonfinite
+        self.nonfinite_frames += frame.nonfinite
         for stage in STAGES:
             self.latency_ms[stage].add(frame.stage_ms(stage))
         self.latency_ms[GLASS_TO_GLASS].add(frame.glass_to_glass_ms())

@@ -119,10 +119,8 @@ def format_summary(summary: dict) -> str:
     ]
     if summary.get("error"):
         lines.append(f"camera failed: {summary['error']}")
-    nonfinite = summary.get("nonfinite_frames", 0)
-    if nonfinite != 0:
-        lines.append("network output with inf/NaN: " + ("not checked on this frame path" if nonfinite is None
-                                                        else f"{nonfinite} frames (NaN counted as -inf)"))
+    if summary.get("nonfinite_frames"):
+        lines.append(f"network output with inf/NaN: {summary['nonfinite_frames']} frames (NaN counted as -inf)")
     for outage in summary.get("outages", []):
         lines.append(f"outage at {outage['start_s']:.2f} s for {outage['length_s']:.2f} s, "
                      f"{outage['frames_lost']} frames lost")

@@ -200,6 +200,27 @@ __device__ void argmax_impl(const T *logits, int classes, int pixels, unsigned c
     labels[i] = (unsigned char)best_class;
 }
 
+// reference.has_nonfinite of the logits a frame uses, the rectangle (top, left, region_h,
+// region_w) of the h x w planes: a thread per pixel of it; one that meets an inf or NaN stores 1
+// in *flag, which the host zeroed (every such store is the same 1, so their order is moot).
+// v - v is 0 for a finite v and NaN for inf or NaN.
+template <typename T>
+__device__ void find_nonfinite_impl(const T *logits, int classes, int h, int w, int top, int left, int region_h,
+                                    int region_w, unsigned char *flag)
+{
+    const int dx = blockIdx.x * blockDim.x + threadIdx.x, dy = blockIdx.y * blockDim.y + threadIdx.y;
+    if (dx >= region_w || dy >= region_h)
+        return;
+    const size_t plane = (size_t)h * w, at = (size_t)(top + dy) * w + left + dx;
+    for (int k = 0; k < classes; k++) {
+        const float v = load_logit(logits + k * plane + at);
+        if (v - v != 0.0f) {
+            *flag = 1;
+            return;
+        }
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -266,6 +287,18 @@ __global__ void upsample_argmax_f16(const half_word *logits, int classes, int h,
                                     const float *fx, unsigned char *labels)
 {
     upsample_argmax_impl<half_word>(logits, classes, h, w, out_h, out_w, y0, y1, fy, x0, x1, fx, labels);
+}
+
+__global__ void find_nonfinite_f32(const float *logits, int classes, int h, int w, int top, int left, int region_h,
+                                   int region_w, unsigned char *flag)
+{
+    find_nonfinite_impl<float>(logits, classes, h, w, top, left, region_h, region_w, flag);
+}
+
+__global__ void find_nonfinite_f16(const half_word *logits, int classes, int h, int w, int top, int left,
+                                   int region_h, int region_w, unsigned char *flag)
+{
+    find_nonfinite_impl<half_word>(logits, classes, h, w, top, left, region_h, region_w, flag);
 }
 
 __global__ void argmax_f32(const float *logits, int classes, int pixels, unsigned char *labels)

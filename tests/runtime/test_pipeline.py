@@ -449,11 +449,3 @@ def test_finite_logits_and_label_outputs_count_no_frames():
     assert run_pipeline(frames(5), Processor(PoisonedLogitsEngine(7.0), letterbox="off")).nonfinite_frames == 0
     assert run_pipeline(frames(5), Processor(TracingEngine())).nonfinite_frames == 0
 
-
-def test_unchecked_frames_make_the_count_unknown():
-    """A processor that cannot check (the GPU frame path says None) reports null, not 0."""
-    stats = RunStats()
-    stats.record(Frame(0, np.zeros((1, 1, 3), np.uint8), {stage: (0, 1) for stage in STAGES}, nonfinite=True))
-    assert stats.nonfinite_frames == 1
-    stats.record(Frame(1, np.zeros((1, 1, 3), np.uint8), {stage: (0, 1) for stage in STAGES}, nonfinite=None))
-    assert stats.nonfinite_frames is None and stats.summary()["nonfinite_frames"] is None
