@@ -102,11 +102,8 @@ def damaged(array: np.ndarray, how: str) -> np.ndarray:
         return np.repeat(array, 2, axis=-1)[..., ::2]
     if how == "transposed":
         return array.T
-    if how == "unaligned":
-        raw = np.zeros(array.nbytes + 1, np.uint8)[1:]
-        view = raw.view(array.dtype).reshape(array.shape) if array.itemsize == 1 else None
-        if view is None:  # a multi-byte dtype at an odd address
-            view = np.ndarray(array.shape, array.dtype, buffer=np.zeros(array.nbytes + 1, np.uint8), offset=1)
+    if how == "unaligned":  # at an odd address (harmless for bytes)
+        view = np.ndarray(array.shape, array.dtype, buffer=np.zeros(array.nbytes + 1, np.uint8), offset=1)
         view[...] = array
         return view
     if how == "byte-swapped":
