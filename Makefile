@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo ssl-benchmark bench clean
+.PHONY: install test sanitize demo ssl-benchmark bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The C ops built with AddressSanitizer + UBSan into build/sanitize (the repository's .so is kept)
+# and the property tests against the reference run on that build: prints cases and errors.
+sanitize: $(STAMP)
+	$(BIN)/python -m tools.sanitize
 
 # The short smoke run of the whole chain; the semi-supervised benchmark is `make ssl-benchmark`.
 DEMO_STAGES := evaluate evaluate_baseline export segment_demo benchmark

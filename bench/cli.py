@@ -27,6 +27,7 @@ from runtime.engines import BACKEND_BY_SUFFIX, EngineError, input_spec, open_eng
 from runtime.files import write_text
 from runtime.ops import reference
 from runtime.pipeline import thread_budget
+from runtime.redact import redact
 from runtime.video import SinkError, SourceError
 
 # CPU engines the threads budget applies to.
@@ -137,7 +138,8 @@ def benchmark(args) -> dict:
     if args.demo is not None:
         args.video = demo_source(args.demo)
     if {"e2e", "rig", "soak"} & set(args.levels) and not Path(args.video).exists():
-        raise BenchmarkError(f"video {args.video}: no such file or folder; run `dvc repro prepare` or fix --video")
+        raise BenchmarkError(f"video {redact(args.video)}: no such file or folder; run `dvc repro prepare` or fix "
+                             "--video")
     resolutions = [parse_resolution(text) for text in args.resolutions]
     old = load_results(args.compare) if args.compare else None
     for path, what in ((args.json, "--json"), (args.markdown, "--markdown"), (args.plot, "--plot")):
@@ -188,7 +190,7 @@ def benchmark(args) -> dict:
                           "cores": budget.cores}
     results["config"] = {"levels": list(args.levels), "warmup": args.warmup, "iters": args.iters,
                          "frames": args.frames, "input_size": list(args.input_size), "classes": args.classes,
-                         "resolutions": [label for label, _ in resolutions], "video": str(args.video),
+                         "resolutions": [label for label, _ in resolutions], "video": redact(args.video),
                          "e2e_models": e2e_names, "ops_load_model": load if "ops" in args.levels else None,
                          "rig_model": rig_name, "rig_cameras": args.rig_cameras, "rig_frames": args.rig_frames,
                          "soak_frames": args.soak_frames, "soak_window": args.soak_window, "encode": args.encode}
@@ -216,7 +218,7 @@ def main(argv=None) -> int:
     try:
         benchmark(args)
     except (BenchmarkError, EngineError, ContractError, SourceError, SinkError) as exc:
-        print(f"benchmark: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"benchmark: error: {redact(' '.join(str(exc).split()))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return 0
 

@@ -120,8 +120,10 @@ class GpuProcessor(Processor):
         return output[index].reshape((1, *output.shape[1:]))
 
     def postprocess(self, output, frame_hw: tuple[int, int]):
-        """uint8 labels on the device: frame size from low-resolution logits, input size otherwise
-        (as CroppedLabels where a letterboxed frame covers only part of them)."""
+        """(uint8 labels on the device, whether the logits the frame uses had inf or NaN): frame
+        size from low-resolution logits, input size otherwise (as CroppedLabels where a
+        letterboxed frame covers only part of them). The check is one more kernel on the device
+        and a one-byte download."""
         first = output[0]
         kind = self.contract.output_kind
         box = self._output_box(first, self.region(frame_hw))
@@ -130,13 +132,15 @@ class GpuProcessor(Processor):
             if dtype != np.uint8:
                 raise EngineError(f"the GPU frame path takes uint8 labels; {self.engine.path.name} gives {dtype} "
                                   "(re-export with `python -m export.run`)")
-            return first if box is None else CroppedLabels(first, box)
+            return (first if box is None else CroppedLabels(first, box)), False
+        flag = self.ops.find_nonfinite(first, stream=self._post_stream, region=box)
         if kind == "lowres_logits":
             labels = self.ops.upsample_argmax(first, tuple(frame_hw), stream=self._post_stream, region=box)
         else:
             labels = self.ops.argmax(first, stream=self._post_stream)
         self.device.synchronize(self._post_stream)
-        return labels if box is None or kind == "lowres_logits" else CroppedLabels(labels, box)
+        nonfinite = bool(self.device.download(flag)[0])
+        return (labels if box is None or kind == "lowres_logits" else CroppedLabels(labels, box)), nonfinite
 
     def _output_box(self, output, region) -> tuple[int, int, int, int] | None:
         """(top, left, height, width) of an output that Processor._crop keeps for `region` (the

@@ -28,6 +28,7 @@ import numpy as np
 from runtime import ops
 from runtime.engines.base import Engine
 from runtime.ops.reference import nearest_indices
+from runtime.redact import redact
 
 STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
 LETTERBOX_MODES = ("auto", "on", "off")
@@ -70,6 +71,7 @@ class Frame:
     labels: np.ndarray | None = None
     frame_labels: np.ndarray | None = None
     overlay: np.ndarray | None = None
+    nonfinite: bool = False  # the network output had inf or NaN
 
     def stage_ms(self, stage: str) -> float:
         start, end = self.stamps[stage]
@@ -130,12 +132,14 @@ class RunStats:
         default_factory=lambda: {name: Reservoir() for name in (*STAGES, GLASS_TO_GLASS)})
     error: str | None = None  # why a rig's camera ended early (its source failed)
     outages: list[dict] = dataclasses.field(default_factory=list)  # a live source's reconnections
+    nonfinite_frames: int = 0  # frames out whose network output had inf or NaN
 
     @property
     def fps(self) -> float:
         return self.frames_out / self.wall_s if self.wall_s > 0 else 0.0
 
     def record(self, frame: Frame) -> None:
+        self.nonfinite_frames += frame.nonfinite
         for stage in STAGES:
             self.latency_ms[stage].add(frame.stage_ms(stage))
         self.latency_ms[GLASS_TO_GLASS].add(frame.glass_to_glass_ms())
@@ -147,6 +151,7 @@ class RunStats:
             "frames_out": self.frames_out,
             "dropped": self.dropped,
             "corrupt": self.corrupt,
+            "nonfinite_frames": self.nonfinite_frames,
             "interrupted": self.interrupted,
             "wall_s": self.wall_s,
             "fps": self.fps,
@@ -312,20 +317,22 @@ class Processor:
         """The `index`-th image's output as a batch of one."""
         return output[index:index + 1]
 
-    def postprocess(self, output: np.ndarray, frame_hw: tuple[int, int]) -> np.ndarray:
-        """uint8 label map: frame size from low-resolution logits, input size (less any
-        letterbox padding) from full logits or labels."""
+    def postprocess(self, output: np.ndarray, frame_hw: tuple[int, int]) -> tuple[np.ndarray, bool]:
+        """(uint8 label map, whether the logits had inf or NaN): the map is frame size from
+        low-resolution logits, input size (less any letterbox padding) from full logits or
+        labels. The op that reads the logits checks them in the same pass; only the frame's
+        part of a letterboxed output is checked, as only it is used."""
         kind = self.contract.output_kind
         output = self._crop(output[0], self.region(frame_hw))
         if kind == "labels":
-            return np.ascontiguousarray(output, dtype=np.uint8)
+            return np.ascontiguousarray(output, dtype=np.uint8), False
         logits = output
         if logits.dtype not in _LOGIT_DTYPES:
             logits = logits.astype(np.float32)
         logits = np.ascontiguousarray(logits)
         if kind == "lowres_logits":
-            return ops.upsample_argmax(logits, tuple(frame_hw))
-        return ops.argmax(logits)
+            return ops.upsample_argmax(logits, tuple(frame_hw), report_nonfinite=True)
+        return ops.argmax(logits, report_nonfinite=True)
 
     def _crop(self, output: np.ndarray, region: tuple[int, int, int, int] | None) -> np.ndarray:
         """The part of one output (labels (H, W) or logits (K, H, W) at any stride) that covers
@@ -502,7 +509,7 @@ class _Stream:
                 if not rig.isolate:
                     raise
                 # A camera whose source fails ends like one whose source ends; the rest go on.
-                self.stats.error = " ".join(f"{type(exc).__name__}: {exc}".split())
+                self.stats.error = redact(" ".join(f"{type(exc).__name__}: {exc}".split()))
                 item = None
             end = time.perf_counter_ns()
             if item is None:
@@ -545,7 +552,7 @@ class _Stream:
 
         def work(frame: Frame) -> None:
             frame_hw = frame.image.shape[:2]
-            frame.labels = processor.postprocess(frame.output, frame_hw)
+            frame.labels, frame.nonfinite = processor.postprocess(frame.output, frame_hw)
             frame.output = None
             if self.need_overlay:
                 frame.overlay = processor.render(frame.image, frame.labels, out=self.overlays.take(frame.image.shape))

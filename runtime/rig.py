@@ -5,7 +5,7 @@ Cameras come from `--source` given once or more (ids cam0, cam1, ...) or from a 
 
     cameras:
       - id: front
-        source: rtsp://192.168.1.20/stream1
+        source: rtsp://${FRONT_USER}:${FRONT_PASSWORD}@192.168.1.20/stream1
         out: runs/front.mp4
         save_labels: runs/front_labels
         realtime: true
@@ -15,11 +15,13 @@ Cameras come from `--source` given once or more (ids cam0, cam1, ...) or from a 
 
 With several cameras `--out DIR` writes `DIR/<id>.mp4` and `--save-labels DIR` writes
 `DIR/<id>/<frame>.png` for every camera the file gives no output of its own. Relative paths
-are taken from the current folder, as on the command line.
+are taken from the current folder, as on the command line. `${NAME}` in a source is environment
+variable NAME (as is `--source-env NAME`), so a camera's password need not be in the file.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import threading
 import time
@@ -30,6 +32,8 @@ from runtime.video import Source, SourceError, open_source
 
 CAMERA_KEYS = ("id", "source", "out", "save_labels", "realtime", "loop")
 CAMERA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+ENV_REFERENCE = re.compile(r"\$\{(" + ENV_NAME + r")\}")
 # Reconnection waits: the first retry comes at once, then after 0.25 s, 0.5 s, 1 s and every 2 s
 # (a camera that comes back is found within 2 s, and a dead one costs a retry every 2 s).
 BACKOFF_FIRST_S = 0.25
@@ -57,6 +61,18 @@ def _check_id(camera_id, where: str) -> str:
         raise RigError(f"{where}: camera id {camera_id!r} must be letters, digits, '.', '_' or '-' (it names the "
                        "camera's output files); give a plain name such as front")
     return camera_id
+
+
+def from_environment(text: str, where: str) -> str:
+    """`text` with every ${NAME} replaced by environment variable NAME (unset or empty is an
+    error naming the variable, never a value)."""
+    def value(match: re.Match) -> str:
+        found = os.environ.get(match.group(1))
+        if not found:
+            raise RigError(f"{where}: environment variable {match.group(1)} is not set or empty; export it with the "
+                           "camera's source (e.g. its rtsp:// URL)")
+        return found
+    return ENV_REFERENCE.sub(value, text)
 
 
 def load_rig_file(path: Path) -> list[CameraSpec]:
@@ -93,7 +109,7 @@ def load_rig_file(path: Path) -> list[CameraSpec]:
             if not isinstance(entry.get(key, False), bool):
                 raise RigError(f"{where}: `{key}:` must be true or false, got {entry[key]!r}")
         specs.append(CameraSpec(
-            id=_check_id(entry["id"], where), source=str(entry["source"]),
+            id=_check_id(entry["id"], where), source=from_environment(str(entry["source"]), where),
             out=Path(entry["out"]) if entry.get("out") else None,
             save_labels=Path(entry["save_labels"]) if entry.get("save_labels") else None,
             realtime=entry.get("realtime", False), loop=entry.get("loop", False)))
@@ -103,10 +119,14 @@ def load_rig_file(path: Path) -> list[CameraSpec]:
 def camera_specs(args) -> list[CameraSpec]:
     """The cameras of a segment.py command line: its --source(s) or its --rig file, with the
     shared --out / --save-labels / --realtime / --loop applied."""
-    if args.rig is None and len(args.source) == 1:  # the single stream: outputs named as given
-        return [CameraSpec("cam0", args.source[0], args.out, args.save_labels, args.realtime, args.loop)]
+    for name in args.source_env:
+        if not re.fullmatch(ENV_NAME, name):
+            raise RigError(f"--source-env {name!r}: not an environment variable name; give one such as CAM_FRONT")
+    sources = [*args.source, *(from_environment(f"${{{name}}}", f"--source-env {name}") for name in args.source_env)]
+    if args.rig is None and len(sources) == 1:  # the single stream: outputs named as given
+        return [CameraSpec("cam0", sources[0], args.out, args.save_labels, args.realtime, args.loop)]
     specs = load_rig_file(args.rig) if args.rig is not None else [
-        CameraSpec(f"cam{number}", source) for number, source in enumerate(args.source)]
+        CameraSpec(f"cam{number}", source) for number, source in enumerate(sources)]
     if args.out is not None and args.out.suffix.lower() in (".mp4", ".mov", ".mkv", ".avi"):
         raise RigError(f"--out {args.out}: with several cameras --out names a folder (one <camera id>.mp4 each); "
                        "give a folder such as runs/")

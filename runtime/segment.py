@@ -20,6 +20,7 @@ import math
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the `runtime` package importable
@@ -33,6 +34,7 @@ from runtime.contract import ContractError  # noqa: E402
 from runtime.engines import BACKEND_BY_SUFFIX, BACKENDS, EngineError, open_engine  # noqa: E402
 from runtime.ops import OpsInputError  # noqa: E402
 from runtime.gpu_path import DEVICES, open_processor  # noqa: E402
+from runtime.redact import redact  # noqa: E402
 from runtime.pipeline import (GLASS_TO_GLASS, LETTERBOX_MODES, LETTERBOX_TOLERANCE, STAGES, Camera,  # noqa: E402
                               ThreadBudget, abort_sinks, run_rig, thread_budget)
 from runtime.scoring import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
@@ -117,6 +119,8 @@ def format_summary(summary: dict) -> str:
     ]
     if summary.get("error"):
         lines.append(f"camera failed: {summary['error']}")
+    if summary.get("nonfinite_frames"):
+        lines.append(f"network output with inf/NaN: {summary['nonfinite_frames']} frames (NaN counted as -inf)")
     for outage in summary.get("outages", []):
         lines.append(f"outage at {outage['start_s']:.2f} s for {outage['length_s']:.2f} s, "
                      f"{outage['frames_lost']} frames lost")
@@ -161,10 +165,14 @@ def format_rig_summary(summary: dict) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="segment", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="exported artefact (.onnx, .engine, .ts) with its model contract")
-    parser.add_argument("--source", action="append", help="video file, camera index (0), rtsp:// or http:// URL, "
+    parser.add_argument("--source", action="append", default=[],
+                        help="video file, camera index (0), rtsp:// or http:// URL, "
                         "or a folder of .png/.jpg frames (each segmented at its own size; --out scales "
                         "every frame to the first one's size, --save-labels keeps each frame's size); "
                         "repeat it for a rig of cameras cam0, cam1, ...")
+    parser.add_argument("--source-env", action="append", default=[], metavar="NAME",
+                        help="a --source taken from environment variable NAME, so a camera URL with its password "
+                        "is not on the command line (which every user sees in ps); repeatable, after the --source ones")
     parser.add_argument("--rig", type=Path, metavar="RIG.yaml",
                         help="run the cameras this file names (id, source, out, save_labels, realtime, loop) "
                         "instead of --source; see README.md")
@@ -201,8 +209,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="score the labels (mIoU) against <frame:06d>.png trainIds in DIR")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if (args.rig is None) == (not args.source):
-        parser.error("give --source (once per camera) or --rig FILE, one of the two")
+    if (args.rig is None) == (not args.source and not args.source_env):
+        parser.error("give --source / --source-env (once per camera) or --rig FILE, one of the two")
     if not 0.0 <= args.alpha <= 1.0:
         parser.error(f"--alpha must be in [0, 1], got {args.alpha}")
     for name in ("max_frames", "max_batch", "threads", "op_threads"):
@@ -280,7 +288,7 @@ def segment(args: argparse.Namespace) -> int:
 def camera_summary(stats, camera: rig.CameraSpec, feed: rig.Feed, processor, args) -> dict:
     """One camera's counts and latencies with what it ran on; a failure and outages where it had them."""
     summary = stats.summary()
-    summary.update(source=str(camera.source), realtime=camera.realtime or feed.is_live,
+    summary.update(source=redact(camera.source), realtime=camera.realtime or feed.is_live,
                    corrupt_files=feed.corrupt_files,
                    letterbox={"mode": args.letterbox, "region": processor.region(feed.size[::-1])})
     if stats.error is not None:
@@ -307,6 +315,27 @@ def rig_summary(stats, per_camera: dict, shared: dict) -> dict:
     }
 
 
+class NonfiniteWarning:
+    """Calls `write` with one warning line at the first frame, of any camera, whose network
+    output had inf or NaN: a broken or overflowing engine should be heard of while it runs, and
+    once, since the summary counts every such frame."""
+
+    def __init__(self, write):
+        self._write = write
+        self._lock = threading.Lock()  # every camera's encode thread calls in
+        self._warned = False
+
+    def __call__(self, camera_id: str, frame) -> None:
+        if not frame.nonfinite or self._warned:
+            return
+        with self._lock:
+            if self._warned:
+                return
+            self._warned = True
+        self._write(f"segment: warning: camera {camera_id}, frame {frame.index}: the network output has inf or "
+                    "NaN values (NaN counted as -inf); the summary's nonfinite_frames counts such frames")
+
+
 def _run_with_progress(args, cameras, feeds, processor, sinks):
     try:
         from tqdm import tqdm
@@ -317,19 +346,27 @@ def _run_with_progress(args, cameras, feeds, processor, sinks):
         totals = [args.max_frames if total is None else min(total, args.max_frames) for total in totals]
     total = None if None in totals else sum(totals)
 
-    def streams(on_frame):
+    def streams(warn, advance):
         # A camera cannot wait for us: live sources always run in real-time mode.
+        def on_frame(camera_id):
+            def finished(frame):
+                warn(camera_id, frame)
+                advance()
+            return finished
+
         return [Camera(feed, sinks[camera.id] or [NullSink()], name=camera.id,
                        realtime=camera.realtime or feed.is_live,
                        pace_fps=feed.fps if camera.realtime and not feed.is_live else None,
-                       max_frames=args.max_frames, on_frame=on_frame)
+                       max_frames=args.max_frames, on_frame=on_frame(camera.id))
                 for camera, feed in zip(cameras, feeds)]
 
     if tqdm is None:
-        return run_rig(streams(None), processor, max_batch=args.max_batch)
+        warn = NonfiniteWarning(lambda line: print(line, file=sys.stderr, flush=True))
+        return run_rig(streams(warn, lambda: None), processor, max_batch=args.max_batch)
     with tqdm(total=total, unit="frame", desc="segment", file=sys.stderr, disable=args.no_progress,
               dynamic_ncols=True) as bar:
-        return run_rig(streams(lambda frame: bar.update()), processor, max_batch=args.max_batch)
+        warn = NonfiniteWarning(lambda line: bar.write(line, file=sys.stderr))  # above the bar, not through it
+        return run_rig(streams(warn, bar.update), processor, max_batch=args.max_batch)
 
 
 def main(argv=None) -> int:
@@ -344,7 +381,7 @@ def main(argv=None) -> int:
     try:
         code = segment(args)
     except (SourceError, SinkError, ContractError, EngineError, GroundTruthError, OpsInputError, rig.RigError) as exc:
-        message = " ".join(str(exc).split())  # one line whatever the library put in it
+        message = redact(" ".join(str(exc).split()))  # one line whatever the library put in it, no password
         print(f"segment: error: {message}", file=sys.stderr)
         code = EXIT_BAD_INPUT
     except KeyboardInterrupt:  # before the pipeline started: nothing was written

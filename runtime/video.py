@@ -27,6 +27,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from runtime import files  # noqa: E402
+from runtime.redact import redact  # noqa: E402
 
 if "OPENCV_LOG_LEVEL" not in os.environ:
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
@@ -73,7 +74,7 @@ class Source:
         self._first = next(self._frames, None)
         if self._first is None:
             self.close()
-            raise SourceError(f"source {self.spec}: no frame could be decoded; check that it plays")
+            raise SourceError(f"source {redact(self.spec)}: no frame could be decoded; check that it plays")
 
     def _decode(self) -> Iterator[tuple[int, np.ndarray]]:
         """Yield `(index, frame)` for every readable frame, counting the unreadable ones."""
@@ -94,7 +95,7 @@ class Source:
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         if self._first is None:
-            raise RuntimeError(f"source {self.spec} can be iterated only once")
+            raise RuntimeError(f"source {redact(self.spec)} can be iterated only once")
         first, self._first = self._first, None
         yield first
         yield from self._frames
@@ -203,7 +204,8 @@ class ImageFolderSource(Source):
 
 
 def open_source(spec: str | int | os.PathLike, *, folder_fps: float = DEFAULT_FPS) -> Source:
-    """Open a camera index ("0"), an rtsp:// / http(s):// URL, an image folder or a video file."""
+    """Open a camera index ("0"), an rtsp:// / http(s):// URL, an image folder or a video file.
+    Messages name a URL without its user and password (runtime.redact)."""
     text = str(spec)
     if text.isdigit():
         capture = cv2.VideoCapture(int(text))
@@ -213,7 +215,8 @@ def open_source(spec: str | int | os.PathLike, *, folder_fps: float = DEFAULT_FP
     if "://" in text:
         capture = cv2.VideoCapture(text, cv2.CAP_FFMPEG)
         if not capture.isOpened():
-            raise SourceError(f"source {text}: stream cannot be opened; check the URL and that the camera is reachable")
+            raise SourceError(f"source {redact(text)}: stream cannot be opened; check the URL and that the camera is "
+                              "reachable")
         return CaptureSource(text, capture, is_live=True)
     path = Path(text)
     kind = existing_kind(path, "source", SourceError)

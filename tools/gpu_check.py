@@ -243,7 +243,8 @@ def frame_labels(processor, frame: np.ndarray) -> np.ndarray:
     """One frame through the stages one at a time, as host labels at frame size."""
     image = processor.upload(frame)
     output = processor.infer(processor.preprocess(image))
-    return processor.frame_labels(processor.postprocess(output, frame.shape[:2]), frame.shape[:2])
+    labels, _ = processor.postprocess(output, frame.shape[:2])
+    return processor.frame_labels(labels, frame.shape[:2])
 
 
 def time_frame_path() -> dict:

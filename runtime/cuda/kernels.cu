@@ -17,6 +17,7 @@
 
 #ifndef __CUDA_ARCH__
 #include <cstring>
+#include <limits>
 #endif
 
 namespace {
@@ -131,8 +132,16 @@ __device__ void preprocess_nchw(const unsigned char *frame, int src_w, int h, in
     }
 }
 
-// reference.upsample_argmax: horizontal lerp of both source rows, vertical lerp, strict
-// running maximum (the lowest class wins a tie).
+// reference.saturate_logits: clipped to +-2^126 (reference.LOGIT_LIMIT), NaN (every comparison
+// false) to -2^126, so the lerps below stay finite.
+__device__ __forceinline__ float saturate(float v)
+{
+    const float limit = 0x1p126f, high = v > limit ? limit : v;
+    return high >= -limit ? high : -limit;
+}
+
+// reference.upsample_argmax: saturated logits, horizontal lerp of both source rows, vertical
+// lerp, strict running maximum (the lowest class wins a tie).
 template <typename T>
 __device__ void upsample_argmax_impl(const T *logits, int classes, int h, int w, int out_h, int out_w,
                                      const int *y0, const int *y1, const float *fy, const int *x0,
@@ -149,8 +158,8 @@ __device__ void upsample_argmax_impl(const T *logits, int classes, int h, int w,
     int best_class = 0;
     for (int k = 0; k < classes; k++) {
         const T *t = top_row + k * plane, *b = bottom_row + k * plane;
-        const float tl = load_logit(t + left), tr = load_logit(t + right);
-        const float bl = load_logit(b + left), br = load_logit(b + right);
+        const float tl = saturate(load_logit(t + left)), tr = saturate(load_logit(t + right));
+        const float bl = saturate(load_logit(b + left)), br = saturate(load_logit(b + right));
         const float top = tl + tx * (tr - tl), bottom = bl + tx * (br - bl);
         const float v = top + ty * (bottom - top);
         if (k == 0 || v > best) {
@@ -161,14 +170,25 @@ __device__ void upsample_argmax_impl(const T *logits, int classes, int h, int w,
     labels[(size_t)dy * out_w + dx] = (unsigned char)best_class;
 }
 
-// reference.argmax over (K, pixels) logits.
+__device__ __forceinline__ float minus_infinity()
+{
+#ifdef __CUDA_ARCH__
+    return __int_as_float(0xff800000);
+#else
+    return -std::numeric_limits<float>::infinity();
+#endif
+}
+
+// reference.argmax over (K, pixels) logits: NaN counts as -inf (a NaN never compares greater,
+// so only class 0's is replaced), strict running maximum.
 template <typename T>
 __device__ void argmax_impl(const T *logits, int classes, int pixels, unsigned char *labels)
 {
     const int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= pixels)
         return;
-    float best = load_logit(logits + i);
+    const float first = load_logit(logits + i);
+    float best = first == first ? first : minus_infinity();
     int best_class = 0;
     for (int k = 1; k < classes; k++) {
         const float v = load_logit(logits + (size_t)k * pixels + i);
@@ -178,6 +198,27 @@ __device__ void argmax_impl(const T *logits, int classes, int pixels, unsigned c
         }
     }
     labels[i] = (unsigned char)best_class;
+}
+
+// reference.has_nonfinite of the logits a frame uses, the rectangle (top, left, region_h,
+// region_w) of the h x w planes: a thread per pixel of it; one that meets an inf or NaN stores 1
+// in *flag, which the host zeroed (every such store is the same 1, so their order is moot).
+// v - v is 0 for a finite v and NaN for inf or NaN.
+template <typename T>
+__device__ void find_nonfinite_impl(const T *logits, int classes, int h, int w, int top, int left, int region_h,
+                                    int region_w, unsigned char *flag)
+{
+    const int dx = blockIdx.x * blockDim.x + threadIdx.x, dy = blockIdx.y * blockDim.y + threadIdx.y;
+    if (dx >= region_w || dy >= region_h)
+        return;
+    const size_t plane = (size_t)h * w, at = (size_t)(top + dy) * w + left + dx;
+    for (int k = 0; k < classes; k++) {
+        const float v = load_logit(logits + k * plane + at);
+        if (v - v != 0.0f) {
+            *flag = 1;
+            return;
+        }
+    }
 }
 
 }  // namespace
@@ -246,6 +287,18 @@ __global__ void upsample_argmax_f16(const half_word *logits, int classes, int h,
                                     const float *fx, unsigned char *labels)
 {
     upsample_argmax_impl<half_word>(logits, classes, h, w, out_h, out_w, y0, y1, fy, x0, x1, fx, labels);
+}
+
+__global__ void find_nonfinite_f32(const float *logits, int classes, int h, int w, int top, int left, int region_h,
+                                   int region_w, unsigned char *flag)
+{
+    find_nonfinite_impl<float>(logits, classes, h, w, top, left, region_h, region_w, flag);
+}
+
+__global__ void find_nonfinite_f16(const half_word *logits, int classes, int h, int w, int top, int left,
+                                   int region_h, int region_w, unsigned char *flag)
+{
+    find_nonfinite_impl<half_word>(logits, classes, h, w, top, left, region_h, region_w, flag);
 }
 
 __global__ void argmax_f32(const float *logits, int classes, int pixels, unsigned char *labels)

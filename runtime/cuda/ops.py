@@ -39,6 +39,8 @@ SIGNATURES = {
     "upsample_argmax_f16": "PiiiiiPPPPPPP",
     "argmax_f32": "PiiP",
     "argmax_f16": "PiiP",
+    "find_nonfinite_f32": "PiiiiiiiP",
+    "find_nonfinite_f16": "PiiiiiiiP",
     "blend": "PiiPiPPPiiP",
 }
 
@@ -112,7 +114,7 @@ class _Staging:
 
 
 class CudaOps:
-    """The four ops on one CUDA device, compiled once.
+    """The four ops, and the inf/NaN check of logits, on one CUDA device, compiled once.
 
     Array inputs are host numpy arrays (copied through the bounded pinned staging buffers) or
     C-contiguous device arrays of any library (CUDA array interface). Results are DeviceArrays
@@ -128,6 +130,7 @@ class CudaOps:
         self._tables: dict = {}
         self._palettes: dict = {}
         self._staging = _Staging(self.device)
+        self._zero = self.device.to_device(np.zeros(1, np.uint8))  # what find_nonfinite's flag starts from
         self._lock = threading.Lock()  # staging and tables are shared by the pipeline's stage threads
 
     @contextlib.contextmanager
@@ -146,7 +149,7 @@ class CudaOps:
         """reference.preprocess on the device: (3, h, w) float32/float16 or (h, w, 3) uint8,
         letterboxed into `region` (top, left, height, width) when given."""
         op = "preprocess"
-        height, width = reference.parse_size(op, "out_hw", out_hw)
+        height, width = reference.parse_size(op, "out_hw", out_hw, channels=3)
         mean = [float(v) for v in np.float32(reference.parse_triplet(op, "mean", mean))]
         std = [float(v) for v in np.float32(reference.parse_triplet(op, "std", std, positive=True))]
         layout = reference.parse_layout(op, layout)
@@ -201,6 +204,21 @@ class CudaOps:
             self._kernels[kernel]((_blocks(height * width, LINEAR_BLOCK[0]), 1, 1), LINEAR_BLOCK, stream,
                                   logits.pointer, classes, height * width, pointer)
             return labels
+
+    def find_nonfinite(self, logits, stream=None, region=None):
+        """A one-byte device flag: 1 where the logits (of `region` (top, left, height, width)
+        only, when given, read in place) hold an inf or NaN, else 0; reference.has_nonfinite."""
+        op = "find_nonfinite"
+        with self._call(stream) as staged:
+            logits = self._logits(op, logits, stream, staged)
+            classes, h, w = logits.shape
+            top, left, region_h, region_w = reference.parse_region(op, region, (h, w))
+            flag = self.device.empty((1,), np.uint8)
+            self.device.copy_on_device(flag.pointer, self._zero.pointer, 1, stream)
+            kernel = "find_nonfinite_f16" if logits.dtype == np.float16 else "find_nonfinite_f32"
+            self._kernels[kernel](_pixel_grid(region_h, region_w), PIXEL_BLOCK, stream, logits.pointer, classes, h, w,
+                                  top, left, region_h, region_w, flag.pointer)
+            return flag
 
     def blend(self, frame_bgr, labels, palette_rgb, alpha, out=None, stream=None, labels_region=None):
         """reference.blend on the device: (H, W, 3) uint8 BGR; `out` may be the device frame.

@@ -63,7 +63,7 @@ if _ops is not None:
         into one multiply-add); "nhwc_uint8" output and the padding are bit-identical.
         """
         op = "preprocess"
-        height, width = reference.parse_size(op, "out_hw", out_hw)
+        height, width = reference.parse_size(op, "out_hw", out_hw, channels=3)
         mean = reference.parse_triplet(op, "mean", mean)
         std = reference.parse_triplet(op, "std", std, positive=True)
         as_bytes = reference.parse_layout(op, layout) == "nhwc_uint8"
@@ -71,16 +71,21 @@ if _ops is not None:
         region = reference.parse_region(op, region, (height, width))
         return _ops.preprocess(frame_bgr, height, width, mean, std, as_bytes, as_half, out, region)
 
-    def upsample_argmax(lowres, out_hw):
+    def upsample_argmax(lowres, out_hw, report_nonfinite=False):
         """Labels of align_corners=True upsampled logits, never materialised; identical to
-        reference.upsample_argmax. Cells whose four low-resolution neighbours agree on a class
-        by more than float rounding are filled with it; only the rest is interpolated."""
+        reference.upsample_argmax, non-finite logits included. Cells whose four low-resolution
+        neighbours agree on a class by more than float rounding are filled with it; only the
+        rest is interpolated. The inf/NaN check of `report_nonfinite` rides on the pass that
+        reads every logit anyway."""
         height, width = reference.parse_size("upsample_argmax", "out_hw", out_hw)
-        return _ops.upsample_argmax(lowres, height, width)
+        labels, nonfinite = _ops.upsample_argmax(lowres, height, width)
+        return (labels, nonfinite) if report_nonfinite else labels
 
-    def argmax(logits):
-        """Per-pixel class of (K, H, W) logits; see reference.argmax."""
-        return _ops.argmax(logits)
+    def argmax(logits, report_nonfinite=False):
+        """Per-pixel class of (K, H, W) logits, identical to reference.argmax; the inf/NaN
+        check of `report_nonfinite` is part of the same pass."""
+        labels, nonfinite = _ops.argmax(logits)
+        return (labels, nonfinite) if report_nonfinite else labels
 
     def blend(frame_bgr, labels, palette_rgb, alpha, out=None):
         """Colourise labels and alpha-blend them over the frame; bit-identical to reference.blend."""

@@ -17,6 +17,7 @@
 #define NPY_NO_DEPRECATED_API NPY_1_7_API_VERSION
 #include <numpy/arrayobject.h>
 
+#include <float.h>
 #include <math.h>
 #include <omp.h>
 #include <stdint.h>
@@ -27,6 +28,7 @@
 #define WEIGHT_SHIFT 22   /* two weights multiplied: 2^11 * 2^11 */
 #define ALPHA_ONE 256
 #define MAX_CLASSES 256
+#define MAX_ELEMENTS 2147483647L /* reference.MAX_ELEMENTS: no size product overflows 32 bits */
 #define ARGMAX_CHUNK 2048
 #define ROW_CHUNK 8       /* output rows a worker takes at a time */
 
@@ -93,11 +95,24 @@ static inline float half_to_float(uint16_t half)
     return bits_float(sign | ((exponent + 112u) << 23) | (mantissa << 13)); /* rebias 15 -> 127 */
 }
 
-/* Orders float16 bit patterns like their values (+0 and -0 equal); NaN is outside the contract. */
+/* Orders float16 bit patterns like their values (+0 and -0 equal), NaN as -inf (reference.argmax). */
 static inline int16_t half_order_key(uint16_t half)
 {
     const int16_t magnitude = (int16_t)(half & 0x7fffu);
-    return (half & 0x8000u) ? (int16_t)-magnitude : magnitude;
+    const int16_t key = (half & 0x8000u) ? (int16_t)-magnitude : magnitude;
+    return magnitude > 0x7c00 ? (int16_t)-0x7c00 : key;
+}
+
+/* 1 for a float16 inf or NaN (all exponent bits set). */
+static inline int half_nonfinite(uint16_t half)
+{
+    return (half & 0x7c00u) == 0x7c00u;
+}
+
+/* 1 for a float inf or NaN; the comparison is false for NaN. */
+static inline int float_nonfinite(float value)
+{
+    return !(fabsf(value) <= FLT_MAX);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -225,6 +240,11 @@ static PyArrayObject *checked_array(PyObject *obj, const char *op, const char *n
         Py_XDECREF(shape);
         return NULL;
     }
+    if (PyArray_SIZE(array) > MAX_ELEMENTS) {
+        PyErr_Format(input_error, "%s: %s has %zd elements; at most %ld (2^31 - 1) are allowed", op, name,
+                     (Py_ssize_t)PyArray_SIZE(array), MAX_ELEMENTS);
+        return NULL;
+    }
     return array;
 }
 
@@ -286,10 +306,17 @@ static PyArrayObject *checked_logits(PyObject *obj, const char *op)
     return logits;
 }
 
-static int check_size(const char *op, long height, long width)
+/* out_hw for an output of `channels` values per pixel: positive, at most MAX_ELEMENTS in all
+   (compared by division, so no product is formed before it is known to fit). */
+static int check_size(const char *op, long height, long width, long channels)
 {
     if (height < 1 || width < 1) {
         PyErr_Format(input_error, "%s: out_hw must be positive, got (%ld, %ld)", op, height, width);
+        return -1;
+    }
+    if (height > MAX_ELEMENTS / width / channels) {
+        PyErr_Format(input_error, "%s: out_hw (%ld, %ld) makes an output of more than %ld (2^31 - 1) elements", op,
+                     height, width, MAX_ELEMENTS);
         return -1;
     }
     return 0;
@@ -425,9 +452,10 @@ static PyObject *py_preprocess(PyObject *self, PyObject *args)
                           &inner_h, &inner_w))
         return NULL;
     PyArrayObject *frame = checked_frame(frame_obj, op);
-    if (!frame || check_size(op, height, width))
+    if (!frame || check_size(op, height, width, 3))
         return NULL;
-    if (top < 0 || left < 0 || inner_h < 1 || inner_w < 1 || top + inner_h > height || left + inner_w > width) {
+    /* top > height - inner_h rather than top + inner_h > height: the sum of two Python ints could overflow */
+    if (top < 0 || left < 0 || inner_h < 1 || inner_w < 1 || top > height - inner_h || left > width - inner_w) {
         PyErr_Format(input_error, "%s: region (%ld, %ld, %ld, %ld) must lie inside out_hw (%ld, %ld)", op, top,
                      left, inner_h, inner_w, height, width);
         return NULL;
@@ -501,6 +529,14 @@ static PyObject *py_preprocess(PyObject *self, PyObject *args)
 #define MARGIN 0x1p-18f
 #define MARGIN_FLOOR 0x1p-100f
 #define MARGIN_LIMIT 0x1p125f
+#define LOGIT_LIMIT 0x1p126f /* reference.LOGIT_LIMIT */
+
+/* reference.saturate_logits: clipped to +-LOGIT_LIMIT, NaN (every comparison false) to -LOGIT_LIMIT. */
+static inline float saturate(float value)
+{
+    const float high = value > LOGIT_LIMIT ? LOGIT_LIMIT : value;
+    return high >= -LOGIT_LIMIT ? high : -LOGIT_LIMIT;
+}
 
 typedef struct {
     const void *src; /* float32 or float16 bits */
@@ -551,21 +587,36 @@ static int32_t *tap_runs(const Taps *taps, int64_t size, int64_t *runs)
     return start;
 }
 
-static inline float logit_at(const Upsample *u, int64_t k, int64_t y, int64_t x)
+/* The saturated logit at flat index i: every value this op interpolates or compares. */
+static inline float logit_value(const Upsample *u, int64_t i)
 {
-    const int64_t i = (k * u->h + y) * u->w + x;
-    return u->is_half ? half_to_float(((const uint16_t *)u->src)[i]) : ((const float *)u->src)[i];
+    return saturate(u->is_half ? half_to_float(((const uint16_t *)u->src)[i]) : ((const float *)u->src)[i]);
 }
 
-/* Row y of class k as floats: the logits themselves, or converted into `scratch`. */
-static const float *logit_row(const Upsample *u, int64_t k, int64_t y, float *scratch)
+static inline float logit_at(const Upsample *u, int64_t k, int64_t y, int64_t x)
+{
+    return logit_value(u, (k * u->h + y) * u->w + x);
+}
+
+/* Row y of class k saturated into `scratch`; returns whether it held an inf or NaN. */
+VECTOR_CLONES static int logit_row(const Upsample *u, int64_t k, int64_t y, float *restrict scratch)
 {
     const int64_t start = (k * u->h + y) * u->w;
-    if (!u->is_half)
-        return (const float *)u->src + start;
-    for (int64_t x = 0; x < u->w; x++)
-        scratch[x] = half_to_float(((const uint16_t *)u->src)[start + x]);
-    return scratch;
+    int nonfinite = 0;
+    if (u->is_half) {
+        const uint16_t *restrict src = (const uint16_t *)u->src + start;
+        for (int64_t x = 0; x < u->w; x++) {
+            nonfinite |= half_nonfinite(src[x]);
+            scratch[x] = saturate(half_to_float(src[x]));
+        }
+    } else {
+        const float *restrict src = (const float *)u->src + start;
+        for (int64_t x = 0; x < u->w; x++) {
+            nonfinite |= float_nonfinite(src[x]);
+            scratch[x] = saturate(src[x]);
+        }
+    }
+    return nonfinite;
 }
 
 /* Folds class k's values into the running best, runner-up (max(second, min(best, v)) is the
@@ -584,20 +635,24 @@ VECTOR_CLONES static void stats_update(const float *restrict values, int64_t wid
     }
 }
 
-/* winner and gap of every pixel of low-resolution row y; returns its largest |logit|. */
-static float row_stats(const Upsample *u, UpsampleWork *work, int64_t y)
+/* winner and gap of every pixel of low-resolution row y; returns its largest |logit| and sets
+   *nonfinite where the row held an inf or NaN. */
+static float row_stats(const Upsample *u, UpsampleWork *work, int64_t y, int *nonfinite)
 {
     float *best = work->best, *second = work->second, *magnitude = work->magnitude;
     int32_t *winner = work->best_class;
-    const float *first = logit_row(u, 0, y, work->row);
+    const float *first = work->row;
+    *nonfinite |= logit_row(u, 0, y, work->row);
     for (int64_t x = 0; x < u->w; x++) {
         best[x] = first[x];
         second[x] = -INFINITY;
         winner[x] = 0;
         magnitude[x] = fabsf(first[x]);
     }
-    for (int64_t k = 1; k < u->classes; k++)
-        stats_update(logit_row(u, k, y, work->row), u->w, (int32_t)k, best, second, winner, magnitude);
+    for (int64_t k = 1; k < u->classes; k++) {
+        *nonfinite |= logit_row(u, k, y, work->row);
+        stats_update(work->row, u->w, (int32_t)k, best, second, winner, magnitude);
+    }
     float largest = 0.0f;
     for (int64_t x = 0; x < u->w; x++) {
         u->winner[y * u->w + x] = (uint8_t)winner[x];
@@ -626,14 +681,12 @@ static int64_t cell_candidates(const Upsample *u, const int64_t at[4][2], uint8_
         for (int i = 0; i < 4; i++)
             winner_value[j][i] = logit_at(u, winners[j], at[i][0], at[i][1]);
     const int64_t plane = u->h * u->w;
-    const float margin = u->margin, *src32 = u->src;
-    const uint16_t *src16 = u->src;
-    const int is_half = u->is_half;
+    const float margin = u->margin;
     int64_t count = 0;
     for (int64_t k = 0; k < u->classes; k++) {
         float value[4];
         for (int i = 0; i < 4; i++)
-            value[i] = is_half ? half_to_float(src16[k * plane + corner[i]]) : src32[k * plane + corner[i]];
+            value[i] = logit_value(u, k * plane + corner[i]);
         int beaten = 0;
         for (int64_t j = 0; j < distinct; j++)
             beaten |= (winner_value[j][0] - value[0] > margin) & (winner_value[j][1] - value[1] > margin) &
@@ -831,9 +884,10 @@ static int upsample_work_alloc(const Upsample *u, UpsampleWork *work)
     return -1;
 }
 
-static int upsample_argmax_run(Upsample *u, uint8_t *labels)
+/* Returns -1 when a worker could not get its buffers; sets *nonfinite where a logit was inf or NaN. */
+static int upsample_argmax_run(Upsample *u, uint8_t *labels, int *nonfinite)
 {
-    int failed = 0;
+    int failed = 0, seen = 0;
     float largest = 0.0f;
 #pragma omp parallel num_threads(thread_count)
     {
@@ -843,11 +897,11 @@ static int upsample_argmax_run(Upsample *u, uint8_t *labels)
 #pragma omp atomic write
             failed = 1;
         }
-#pragma omp for schedule(dynamic, ROW_CHUNK) reduction(max : largest)
+#pragma omp for schedule(dynamic, ROW_CHUNK) reduction(max : largest) reduction(| : seen)
         for (int64_t y = 0; y < u->h; y++) {
             if (!ready)
                 continue;
-            const float row_largest = row_stats(u, &work, y);
+            const float row_largest = row_stats(u, &work, y, &seen);
             largest = row_largest > largest ? row_largest : largest;
         }
 #pragma omp single
@@ -860,6 +914,7 @@ static int upsample_argmax_run(Upsample *u, uint8_t *labels)
         if (ready)
             upsample_work_free(&work);
     }
+    *nonfinite = seen;
     return failed ? -1 : 0;
 }
 
@@ -871,7 +926,7 @@ static PyObject *py_upsample_argmax(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "Oll", &logits_obj, &height, &width))
         return NULL;
     PyArrayObject *logits = checked_logits(logits_obj, op);
-    if (!logits || check_size(op, height, width))
+    if (!logits || check_size(op, height, width, 1))
         return NULL;
     Upsample u = {.src = PyArray_DATA(logits), .is_half = PyArray_TYPE(logits) == NPY_FLOAT16,
                   .classes = PyArray_DIM(logits, 0), .h = PyArray_DIM(logits, 1), .w = PyArray_DIM(logits, 2),
@@ -880,7 +935,7 @@ static PyObject *py_upsample_argmax(PyObject *self, PyObject *args)
     PyArrayObject *labels = (PyArrayObject *)PyArray_SimpleNew(2, dims, NPY_UINT8);
     if (!labels)
         return NULL;
-    int status = -1;
+    int status = -1, nonfinite = 0;
     const int64_t pixels = u.h * u.w;
     u.winner = malloc(pixels);
     u.gap = malloc(pixels * sizeof(float));
@@ -890,7 +945,7 @@ static PyObject *py_upsample_argmax(PyObject *self, PyObject *args)
             u.group_start = tap_runs(&u.ty, height, &u.groups);
             if (u.run_start && u.group_start) {
                 Py_BEGIN_ALLOW_THREADS
-                status = upsample_argmax_run(&u, PyArray_DATA(labels));
+                status = upsample_argmax_run(&u, PyArray_DATA(labels), &nonfinite);
                 Py_END_ALLOW_THREADS
             }
             free(u.run_start);
@@ -905,24 +960,32 @@ static PyObject *py_upsample_argmax(PyObject *self, PyObject *args)
         Py_DECREF(labels);
         return PyErr_NoMemory();
     }
-    return (PyObject *)labels;
+    return Py_BuildValue("NO", labels, nonfinite ? Py_True : Py_False);
 }
 
 /* ---------------------------------------------------------------------------------------- */
 /* argmax                                                                                    */
 
-VECTOR_CLONES static void argmax_float_chunk(const float *logits, int64_t classes, int64_t pixels, int64_t count,
-                                             uint8_t *restrict labels)
+/* The argmax chunks return whether they saw an inf or NaN. A NaN never compares greater, so
+   only class 0's is replaced (by -inf) for it to count as -inf. */
+VECTOR_CLONES static int argmax_float_chunk(const float *logits, int64_t classes, int64_t pixels, int64_t count,
+                                            uint8_t *restrict labels)
 {
     float best[ARGMAX_CHUNK];
     int32_t best_class[ARGMAX_CHUNK];
-    memcpy(best, logits, count * sizeof(float));
-    memset(best_class, 0, count * sizeof(int32_t));
+    int nonfinite = 0;
+    for (int64_t i = 0; i < count; i++) {
+        const float v = logits[i];
+        nonfinite |= float_nonfinite(v);
+        best[i] = v == v ? v : -INFINITY;
+        best_class[i] = 0;
+    }
     for (int64_t k = 1; k < classes; k++) {
         const float *restrict row = logits + k * pixels;
         const int32_t klass = (int32_t)k;
         for (int64_t i = 0; i < count; i++) {
             const float v = row[i], b = best[i];
+            nonfinite |= float_nonfinite(v);
             const int32_t wins = -(int32_t)(v > b); /* strict: the lowest class wins a tie */
             best[i] = v > b ? v : b;
             best_class[i] = (best_class[i] & ~wins) | (klass & wins);
@@ -930,15 +993,18 @@ VECTOR_CLONES static void argmax_float_chunk(const float *logits, int64_t classe
     }
     for (int64_t i = 0; i < count; i++)
         labels[i] = (uint8_t)best_class[i];
+    return nonfinite;
 }
 
 /* float16 is compared through integer keys that order like the values: no conversion. */
-VECTOR_CLONES static void argmax_half_chunk(const uint16_t *logits, int64_t classes, int64_t pixels, int64_t count,
-                                            uint8_t *restrict labels)
+VECTOR_CLONES static int argmax_half_chunk(const uint16_t *logits, int64_t classes, int64_t pixels, int64_t count,
+                                           uint8_t *restrict labels)
 {
     int16_t best[ARGMAX_CHUNK];
     int16_t best_class[ARGMAX_CHUNK];
+    int nonfinite = 0;
     for (int64_t i = 0; i < count; i++) {
+        nonfinite |= half_nonfinite(logits[i]);
         best[i] = half_order_key(logits[i]);
         best_class[i] = 0;
     }
@@ -946,6 +1012,7 @@ VECTOR_CLONES static void argmax_half_chunk(const uint16_t *logits, int64_t clas
         const uint16_t *restrict row = logits + k * pixels;
         const int16_t klass = (int16_t)k;
         for (int64_t i = 0; i < count; i++) {
+            nonfinite |= half_nonfinite(row[i]);
             const int16_t key = half_order_key(row[i]), b = best[i];
             const int16_t wins = (int16_t)-(key > b);
             best[i] = key > b ? key : b;
@@ -954,21 +1021,25 @@ VECTOR_CLONES static void argmax_half_chunk(const uint16_t *logits, int64_t clas
     }
     for (int64_t i = 0; i < count; i++)
         labels[i] = (uint8_t)best_class[i];
+    return nonfinite;
 }
 
-/* Pixels are split into chunks whose running maxima stay in L1 while every class streams by. */
-static void argmax_run(const void *logits, int is_half, int64_t classes, int64_t pixels, uint8_t *labels)
+/* Pixels are split into chunks whose running maxima stay in L1 while every class streams by.
+   Returns whether a logit was inf or NaN. */
+static int argmax_run(const void *logits, int is_half, int64_t classes, int64_t pixels, uint8_t *labels)
 {
     const int64_t chunks = (pixels + ARGMAX_CHUNK - 1) / ARGMAX_CHUNK;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count)
+    int nonfinite = 0;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(thread_count) reduction(| : nonfinite)
     for (int64_t chunk = 0; chunk < chunks; chunk++) {
         const int64_t start = chunk * ARGMAX_CHUNK;
         const int64_t count = pixels - start < ARGMAX_CHUNK ? pixels - start : ARGMAX_CHUNK;
         if (is_half)
-            argmax_half_chunk((const uint16_t *)logits + start, classes, pixels, count, labels + start);
+            nonfinite |= argmax_half_chunk((const uint16_t *)logits + start, classes, pixels, count, labels + start);
         else
-            argmax_float_chunk((const float *)logits + start, classes, pixels, count, labels + start);
+            nonfinite |= argmax_float_chunk((const float *)logits + start, classes, pixels, count, labels + start);
     }
+    return nonfinite;
 }
 
 static PyObject *py_argmax(PyObject *self, PyObject *args)
@@ -985,10 +1056,11 @@ static PyObject *py_argmax(PyObject *self, PyObject *args)
     if (!labels)
         return NULL;
     const int is_half = PyArray_TYPE(logits) == NPY_FLOAT16;
+    int nonfinite;
     Py_BEGIN_ALLOW_THREADS
-    argmax_run(PyArray_DATA(logits), is_half, classes, pixels, PyArray_DATA(labels));
+    nonfinite = argmax_run(PyArray_DATA(logits), is_half, classes, pixels, PyArray_DATA(labels));
     Py_END_ALLOW_THREADS
-    return (PyObject *)labels;
+    return Py_BuildValue("NO", labels, nonfinite ? Py_True : Py_False);
 }
 
 /* ---------------------------------------------------------------------------------------- */
@@ -1114,8 +1186,8 @@ static PyMethodDef methods[] = {
      "preprocess(frame, height, width, mean, std, as_bytes, as_half, out, (top, left, h, w)): "
      "see runtime.ops.preprocess."},
     {"upsample_argmax", py_upsample_argmax, METH_VARARGS,
-     "upsample_argmax(logits, height, width): see runtime.ops.upsample_argmax."},
-    {"argmax", py_argmax, METH_VARARGS, "argmax(logits): see runtime.ops.argmax."},
+     "upsample_argmax(logits, height, width) -> (labels, any inf or NaN): see runtime.ops.upsample_argmax."},
+    {"argmax", py_argmax, METH_VARARGS, "argmax(logits) -> (labels, any inf or NaN): see runtime.ops.argmax."},
     {"blend", py_blend, METH_VARARGS,
      "blend(frame, labels, palette_rgb, alpha_weight_0_to_256, out): see runtime.ops.blend."},
     {"set_num_threads", py_set_num_threads, METH_VARARGS, "Threads every later op call uses."},

@@ -17,7 +17,7 @@ def preprocess(frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float
     """cv2.dnn.blobFromImage, then / std (or cv2.resize + cvtColor for "nhwc_uint8")."""
     op = "preprocess"
     frame = reference.check_frame(op, frame_bgr)
-    height, width = reference.parse_size(op, "out_hw", out_hw)
+    height, width = reference.parse_size(op, "out_hw", out_hw, channels=3)
     mean = np.array(reference.parse_triplet(op, "mean", mean), dtype=np.float32)
     std = np.array(reference.parse_triplet(op, "std", std, positive=True), dtype=np.float32)
     layout = reference.parse_layout(op, layout)

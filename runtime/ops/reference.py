@@ -6,6 +6,11 @@ that the fast versions can match it bit for bit where the result is an integer.
 
 Sampling positions are computed exactly in integers (a rational source coordinate num / den),
 so every implementation derives the same taps and weights from the same sizes.
+
+Non-finite logits (an fp16 engine that overflows gives inf, a broken one NaN) have one meaning
+everywhere: NaN counts as -inf, and every tie (+inf against +inf included) goes to the lowest
+class index. Interpolation first saturates each logit to [-LOGIT_LIMIT, LOGIT_LIMIT] (NaN to
+-LOGIT_LIMIT), so every interpolated value is finite and no inf - inf can make a NaN.
 """
 from __future__ import annotations
 
@@ -21,6 +26,12 @@ RESIZE_WEIGHT_ONE = 2048
 ALPHA_ONE = 256
 # Labels are uint8, so at most 256 classes.
 MAX_CLASSES = 256
+# Every array an op reads or writes has fewer than 2^31 elements, so no index or size product
+# overflows 32 bits (the CUDA kernels count pixels in int); larger sizes are refused up front.
+MAX_ELEMENTS = 2 ** 31 - 1
+# What upsample_argmax saturates logits to before interpolating (2^126): the difference of two
+# saturated logits, 2^127, and every lerp of them stay finite in float32.
+LOGIT_LIMIT = np.float32(2.0 ** 126)
 
 
 class OpsInputError(ValueError):
@@ -31,14 +42,18 @@ class OpsInputError(ValueError):
 # Argument checks shared by every backend (the C wrappers call these too).
 
 
-def parse_size(op: str, name: str, size) -> tuple[int, int]:
-    """(height, width) as two positive ints."""
+def parse_size(op: str, name: str, size, channels: int = 1) -> tuple[int, int]:
+    """(height, width) as two positive ints whose array of `channels` values per pixel has at
+    most MAX_ELEMENTS elements."""
     if (not isinstance(size, (tuple, list)) or len(size) != 2
             or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in size)):
         raise OpsInputError(f"{op}: {name} must be (height, width) as two ints, got {size!r}")
     height, width = int(size[0]), int(size[1])
     if height < 1 or width < 1:
         raise OpsInputError(f"{op}: {name} must be positive, got {size!r}")
+    if height * width * channels > MAX_ELEMENTS:
+        raise OpsInputError(f"{op}: {name} {size!r} makes an output of {height * width * channels} elements; "
+                            f"at most {MAX_ELEMENTS} (2^31 - 1) are allowed")
     return height, width
 
 
@@ -122,6 +137,8 @@ def check_array(op: str, name: str, array, dtypes: tuple, ndim: int, shape_doc: 
                             f"pass np.ascontiguousarray({name})")
     if min(array.shape) < 1:
         raise OpsInputError(f"{op}: {name} must not be empty, got shape {array.shape}")
+    if array.size > MAX_ELEMENTS:
+        raise OpsInputError(f"{op}: {name} has {array.size} elements; at most {MAX_ELEMENTS} (2^31 - 1) are allowed")
     return array
 
 
@@ -145,9 +162,10 @@ def deliver(op: str, result: np.ndarray, out) -> np.ndarray:
     if out is None:
         return result
     if (not isinstance(out, np.ndarray) or out.dtype != result.dtype or out.shape != result.shape
-            or not out.flags.c_contiguous or not out.flags.writeable or not out.dtype.isnative):
+            or not out.flags.c_contiguous or not out.flags.writeable or not out.flags.aligned
+            or not out.dtype.isnative):
         got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
-        raise OpsInputError(f"{op}: out must be a writeable C-contiguous {result.dtype} array of "
+        raise OpsInputError(f"{op}: out must be a writeable, aligned, C-contiguous {result.dtype} array of "
                             f"shape {result.shape}, got {got}")
     np.copyto(out, result)
     return out
@@ -226,7 +244,7 @@ def preprocess(frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float
     """
     op = "preprocess"
     frame = check_frame(op, frame_bgr)
-    out_hw = parse_size(op, "out_hw", out_hw)
+    out_hw = parse_size(op, "out_hw", out_hw, channels=3)
     mean = np.array(parse_triplet(op, "mean", mean), dtype=np.float32)
     std = np.array(parse_triplet(op, "std", std, positive=True), dtype=np.float32)
     layout = parse_layout(op, layout)
@@ -259,10 +277,22 @@ def preprocess(frame_bgr, out_hw, mean, std, layout="nchw_float", dtype=np.float
     return deliver(op, result, out)
 
 
+def saturate_logits(logits: np.ndarray) -> np.ndarray:
+    """float32 logits clipped to [-LOGIT_LIMIT, LOGIT_LIMIT], NaN mapped to -LOGIT_LIMIT: what
+    upsample_argmax interpolates (+inf becomes 2^126, -inf and NaN -2^126)."""
+    values = logits.astype(np.float32)
+    return np.clip(np.where(np.isnan(values), -LOGIT_LIMIT, values), -LOGIT_LIMIT, LOGIT_LIMIT)
+
+
+def has_nonfinite(logits: np.ndarray) -> bool:
+    """Whether any logit is inf or NaN (a network output the caller should hear about)."""
+    return not np.isfinite(logits).all()
+
+
 def upsample_logits(lowres, out_hw) -> np.ndarray:
     """Bilinear align_corners=True upsample of (K, h, w) logits to float32 (K, H, W).
 
-    With taps from `align_corners_taps` and L = lowres as float32, horizontal pass first:
+    With taps from `align_corners_taps` and L = saturate_logits(lowres), horizontal pass first:
         row = L[:, y, x0] + fx * (L[:, y, x1] - L[:, y, x0])     for every source row y
         v   = row[y0] + fy * (row[y1] - row[y0])
     """
@@ -272,27 +302,32 @@ def upsample_logits(lowres, out_hw) -> np.ndarray:
     _, h, w = logits.shape
     y0, y1, fy, _ = align_corners_taps(h, height)
     x0, x1, fx, _ = align_corners_taps(w, width)
-    src = logits.astype(np.float32)
+    src = saturate_logits(logits)
     left, right = src[:, :, x0], src[:, :, x1]
     rows = left + fx * (right - left)
     top, bottom = rows[:, y0], rows[:, y1]
     return top + fy[:, None] * (bottom - top)
 
 
-def upsample_argmax(lowres, out_hw):
+def upsample_argmax(lowres, out_hw, report_nonfinite=False):
     """Labels of `upsample_logits` (the class with the largest value, the lowest index on a
     tie, as np.argmax), which the fast versions compute without keeping the logits.
 
     They give these labels exactly, ties included, by evaluating the same float operations
-    in the same order wherever they interpolate. NaN logits are outside the contract.
+    in the same order wherever they interpolate. With `report_nonfinite`, returns
+    (labels, has_nonfinite(lowres)).
     """
-    return np.argmax(upsample_logits(lowres, out_hw), axis=0).astype(np.uint8)
+    labels = np.argmax(upsample_logits(lowres, out_hw), axis=0).astype(np.uint8)
+    return (labels, has_nonfinite(lowres)) if report_nonfinite else labels
 
 
-def argmax(logits):
-    """Per-pixel class of (K, H, W) float32/float16 logits; the lowest index wins a tie."""
+def argmax(logits, report_nonfinite=False):
+    """Per-pixel class of (K, H, W) float32/float16 logits; NaN counts as -inf and the lowest
+    index wins a tie (+inf against +inf too). With `report_nonfinite`, returns
+    (labels, has_nonfinite(logits))."""
     logits = check_logits("argmax", logits)
-    return np.argmax(logits, axis=0).astype(np.uint8)
+    labels = np.argmax(np.where(np.isnan(logits), -np.inf, logits), axis=0).astype(np.uint8)
+    return (labels, has_nonfinite(logits)) if report_nonfinite else labels
 
 
 def blend(frame_bgr, labels, palette_rgb, alpha, out=None):

@@ -160,6 +160,8 @@ def test_ops_level_alone_needs_no_model_and_prints_markdown(tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["--model", "missing.onnx", "--levels", "model"], "model missing.onnx: no such file"),
     (["--model", "{model}", "--video", "missing.mp4", "--levels", "e2e"], "video missing.mp4: no such file"),
+    (["--model", "{model}", "--video", "rtsp://admin:pw-Zq8@127.0.0.1:1/x", "--levels", "e2e"],
+     "video rtsp://***@127.0.0.1:1/x: no such file"),  # a camera password is never printed
     (["--levels", "ops", "--resolutions", "huge"], "--resolutions: 'huge'"),
     (["--levels", "ops", "--compare", "missing.json"], "--compare missing.json: no such file"),
     (["--levels", "model"], "no model to time"),
@@ -169,7 +171,7 @@ def test_bad_input_is_one_line_and_exit_2(inputs, tmp_path, args, fragment):
     result = run_cli(*[a.format(model=models[0]) for a in args], "--json", tmp_path / "b.json", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.startswith("benchmark: error: ") and fragment in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "pw-Zq8" not in result.stderr
     assert not (tmp_path / "b.json").exists()
 
 

@@ -28,6 +28,7 @@ from runtime.pipeline import Processor, run_pipeline
 from tests.runtime.cuda_standins import StandInDeviceEngine, pycuda_device
 from tests.runtime.host_cuda import NoCompiler, build, compiler
 from tests.runtime.test_gpu_path import KeepAll
+from tests.runtime.test_ops import NONFINITE_KINDS, nonfinite_logits
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -65,7 +66,7 @@ def test_every_global_kernel_has_a_signature_and_a_host_launcher(host):
     _, _, library = host
     source = KERNEL_SOURCE.read_text()
     kernels = dict(re.findall(r"__global__ void (\w+)\(([^)]*)\)", source))
-    assert set(kernels) == set(SIGNATURES) and len(kernels) == 8
+    assert set(kernels) == set(SIGNATURES) and len(kernels) == 10
     for name, parameters in kernels.items():
         codes = "".join("P" if "*" in p else "f" if p.split()[0] == "float" else "i" for p in parameters.split(","))
         assert codes == SIGNATURES[name], name  # the launch argument types match the kernel's
@@ -288,6 +289,51 @@ def test_argmax_is_the_reference_exactly(host, dtype):
     assert launched(module, f"argmax_{'f16' if dtype == np.float16 else 'f32'}") >= len(cases) + 1
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("kind", NONFINITE_KINDS)
+def test_non_finite_logits_are_the_reference_on_every_pixel(host, kind, dtype):
+    """NaN as -inf, ties to the lowest class, logits saturated to +-2^126 before interpolating."""
+    ops, _, _ = host
+    logits = nonfinite_logits(kind, dtype)
+    np.testing.assert_array_equal(run(ops, "argmax", logits), reference.argmax(logits))
+    for out_hw in ((47, 113), (23, 41), (5, 3), (1, 1)):
+        got = run(ops, "upsample_argmax", logits, out_hw)
+        np.testing.assert_array_equal(got, reference.upsample_argmax(logits, out_hw), err_msg=f"{out_hw}")
+
+
+def test_non_finite_hand_computed(host):
+    """1 x 2 -> 1 x 3: +inf, 0 interpolates to 2^126, 2^125, 0 and beats 1 twice; +inf, -inf
+    gives 0 in the middle, a tie with class 1 that class 0 wins; NaN and -inf tie (class 0)."""
+    ops, _, _ = host
+    beats_one = np.array([[[np.inf, 0.0]], [[1.0, 1.0]]], np.float32)
+    assert run(ops, "upsample_argmax", beats_one, (1, 3)).tolist() == [[0, 0, 1]]
+    ties_zero = np.array([[[np.inf, -np.inf]], [[0.0, 0.0]]], np.float16)
+    assert run(ops, "upsample_argmax", ties_zero, (1, 3)).tolist() == [[0, 0, 1]]
+    column = np.array([np.nan, -np.inf, np.nan], np.float16).reshape(3, 1, 1)
+    assert run(ops, "argmax", column).tolist() == [[0]]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("kind", NONFINITE_KINDS)
+def test_find_nonfinite_is_the_reference(host, kind, dtype):
+    """Over the whole logits and over rectangles of them, read in place; with one non-finite value
+    placed inside and then just outside a rectangle."""
+    ops, module, _ = host
+    logits = nonfinite_logits(kind, dtype)
+    assert run(ops, "find_nonfinite", logits).tolist() == [1]
+    finite = np.zeros((3, 11, 17), dtype)
+    assert run(ops, "find_nonfinite", finite).tolist() == [0]
+    for value in (np.nan, np.inf, -np.inf):
+        finite[2, 4, 9] = value
+        assert run(ops, "find_nonfinite", finite, region=(2, 3, 5, 7)).tolist() == [1]  # rows 2..6, columns 3..9
+        assert run(ops, "find_nonfinite", finite, region=(2, 3, 5, 6)).tolist() == [0]  # columns 3..8
+        assert run(ops, "find_nonfinite", finite, region=(5, 0, 6, 17)).tolist() == [0]  # rows 5..10
+        finite[2, 4, 9] = 0
+    big = np.full((2, 3, 3), np.finfo(dtype).max, dtype)  # the largest finite value is not inf
+    assert run(ops, "find_nonfinite", big).tolist() == [0]
+    assert launched(module, f"find_nonfinite_{'f16' if dtype == np.float16 else 'f32'}") >= 12
+
+
 def test_f16_logits_of_every_finite_half_order_like_the_reference(host):
     """Every finite half in turn against its neighbour: the kernel reads each half exactly."""
     ops, _, _ = host
@@ -374,6 +420,32 @@ def test_gpu_frame_path_gives_the_cpu_paths_labels_on_the_drive(build_dir, drive
         np.testing.assert_array_equal(gpu_labels, cpu_labels)
         np.testing.assert_array_equal(gpu_overlay, cpu_overlay)
     assert len({label for _, labels in gpu.frames for label in np.unique(labels)}) > 3  # not a trivial map
+
+
+class PoisonedStandIn(StandInDeviceEngine):
+    """The stand-in network with NaN in the first logit of class 1: in the letterbox padding of a
+    letterboxed frame (not counted), in the frame otherwise."""
+
+    def _run(self, batch):
+        logits = super()._run(batch)
+        logits[:, 1, 0, 0] = np.nan
+        return logits
+
+
+@pytest.mark.parametrize("letterbox, counted", [("off", 6), ("on", 0)])
+@pytest.mark.parametrize("kind", ["lowres_logits", "logits"])
+def test_gpu_frame_path_counts_non_finite_frames_as_the_cpu_path(build_dir, drive, kind, letterbox, counted):
+    device, driver, _ = pycuda_device(kernels=build_dir)
+    engine = PoisonedStandIn(contract("nchw_float", kind), device, driver, logits_dtype=np.float16)
+    cpu, gpu = KeepAll(), KeepAll()
+    cpu_stats = run_pipeline(enumerate(drive), Processor(engine, letterbox=letterbox), [cpu])
+    processor = GpuProcessor(engine, ops=CudaOps(device))
+    processor.letterbox = letterbox
+    gpu_stats = run_pipeline(enumerate(drive), processor, [gpu])
+    processor.close()
+    assert gpu_stats.nonfinite_frames == cpu_stats.nonfinite_frames == counted
+    for (_, cpu_labels), (_, gpu_labels) in zip(cpu.frames, gpu.frames):
+        np.testing.assert_array_equal(gpu_labels, cpu_labels)
 
 
 def test_gpu_preprocess_writes_the_letterboxed_input_the_reference_gives(build_dir, drive):

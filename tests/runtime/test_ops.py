@@ -131,6 +131,84 @@ def test_argmax_by_hand_lowest_class_wins_ties():
     assert reference.argmax(logits).tolist() == [[1, 0, 2, 0]]
 
 
+INF, NAN = np.inf, np.nan
+
+
+@pytest.mark.parametrize("column, label", [
+    ([NAN, -INF, 1.0], 2), ([NAN, -INF], 0), ([NAN, NAN], 0), ([-INF, NAN], 0), ([NAN, -5.0], 1),
+    ([1.0, INF, INF], 1), ([INF, NAN, INF], 0), ([-INF, -INF, -3.0], 2)])
+@pytest.mark.parametrize("impl", ["reference", "c"])
+def test_argmax_non_finite_by_hand(request, impl, column, label):
+    """NaN counts as -inf; every tie (+inf with +inf, NaN with -inf) goes to the lowest class."""
+    module = reference if impl == "reference" else request.getfixturevalue("c_ops")
+    for dtype in (np.float32, np.float16):
+        labels, seen = module.argmax(np.array(column, dtype=dtype).reshape(-1, 1, 1), report_nonfinite=True)
+        assert (labels.tolist(), seen) == ([[label]], True)
+
+
+@pytest.mark.parametrize("class0, class1, labels", [
+    ([INF, 0.0], [1.0, 1.0], [0, 0, 1]),       # 2^126 + 0.5 * (0 - 2^126) = 2^125 beats 1
+    ([-INF, 0.0], [-1.0, -1.0], [1, 1, 0]),    # -2^126, -2^125 lose to -1
+    ([NAN, 0.0], [-1.0, -1.0], [1, 1, 0]),     # NaN interpolates as -inf does
+    ([INF, -INF], [0.0, 0.0], [0, 0, 1]),      # 2^126 + 0.5 * (-2^127) = 0: a tie, class 0
+    ([INF, INF], [INF, 0.0], [0, 0, 0]),       # 2^126 against 2^126, then 2^126 against 2^125
+    ([NAN, NAN], [-INF, -INF], [0, 0, 0])])    # both -2^126 everywhere: ties
+@pytest.mark.parametrize("impl", ["reference", "c"])
+def test_upsample_argmax_non_finite_by_hand(request, impl, class0, class1, labels):
+    """1 x 2 -> 1 x 3 samples x = 0, 0.5, 1; logits saturate to +-2^126 before interpolating."""
+    module = reference if impl == "reference" else request.getfixturevalue("c_ops")
+    for dtype in (np.float32, np.float16):
+        got, seen = module.upsample_argmax(np.array([[class0], [class1]], dtype=dtype), (1, 3), report_nonfinite=True)
+        assert (got.tolist(), seen) == ([labels], True)
+
+
+def test_saturate_logits_by_hand():
+    limit = 2.0 ** 126
+    values = np.array([NAN, INF, -INF, 3e38, -3e38, 1.5, -0.0], np.float32)
+    assert reference.saturate_logits(values).tolist() == [-limit, limit, -limit, limit, -limit, 1.5, -0.0]
+    assert not reference.has_nonfinite(values[3:]) and reference.has_nonfinite(values[:1])
+
+
+def nonfinite_logits(kind: str, dtype, shape=(7, 23, 41), seed=0) -> np.ndarray:
+    """Random logits with 10 % of the entries NaN, +inf, -inf or a mix of the three; "corner"
+    makes every entry non-finite (whole pixels of ties between infinities)."""
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal(shape).astype(dtype)
+    specials = {"nan": [NAN], "+inf": [INF], "-inf": [-INF], "mixed": [NAN, INF, -INF], "corner": [NAN, INF, -INF]}
+    mask = rng.random(shape) < (1.0 if kind == "corner" else 0.1)
+    logits[mask] = rng.choice(specials[kind], int(mask.sum()))
+    return logits
+
+
+NONFINITE_KINDS = ["nan", "+inf", "-inf", "mixed", "corner"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("kind", NONFINITE_KINDS)
+def test_c_non_finite_logits_are_the_reference_on_every_pixel(c_ops, kind, dtype):
+    logits = nonfinite_logits(kind, dtype)
+    labels, seen = c_ops.argmax(logits, report_nonfinite=True)
+    np.testing.assert_array_equal(labels, reference.argmax(logits))
+    assert seen is True
+    for out_hw in ((47, 113), (23, 41), (5, 3), (1, 1)):
+        labels, seen = c_ops.upsample_argmax(logits, out_hw, report_nonfinite=True)
+        np.testing.assert_array_equal(labels, reference.upsample_argmax(logits, out_hw), err_msg=f"{out_hw}")
+        assert seen is True
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_c_reports_finite_logits_as_finite(c_ops, dtype):
+    """The largest finite values (float16 65504, float32 3.4e38) are not inf; one inf in the last
+    pixel of the last class is seen."""
+    logits = np.full((3, 5, 2100), np.finfo(dtype).max, dtype)  # more pixels than one argmax chunk
+    logits[1] = np.finfo(dtype).min
+    assert c_ops.argmax(logits, report_nonfinite=True)[1] is False
+    assert c_ops.upsample_argmax(logits, (9, 4000), report_nonfinite=True)[1] is False
+    logits[-1, -1, -1] = INF
+    assert c_ops.argmax(logits, report_nonfinite=True)[1] is True
+    assert c_ops.upsample_argmax(logits, (9, 4000), report_nonfinite=True)[1] is True
+
+
 def test_blend_one_pixel_by_hand():
     frame = np.array([[[10, 100, 200], [10, 100, 200]]], dtype=np.uint8)  # BGR
     labels = np.array([[0, 255]], dtype=np.uint8)

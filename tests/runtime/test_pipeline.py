@@ -125,7 +125,7 @@ def test_lowres_logits_become_frame_size_labels():
     lowres[0, 0, :, 0] = 1.0  # class 0 scores 1 in the left column, class 1 in the right
     lowres[0, 1, :, 1] = 1.0
     processor = Processor(FixedEngine(contract("lowres_logits", "nchw_float", classes=2), lowres), letterbox="off")
-    labels = processor.postprocess(processor.infer(None), (3, 5))
+    labels, _ = processor.postprocess(processor.infer(None), (3, 5))
     # align_corners: columns 0..4 sample x = 0, .25, .5, .75, 1, where class 0 scores 1 - x and
     # class 1 scores x; at x = .5 both score .5 and the lower index wins.
     np.testing.assert_array_equal(labels, np.array([[0, 0, 0, 1, 1]] * 3, np.uint8))
@@ -134,14 +134,14 @@ def test_lowres_logits_become_frame_size_labels():
 def test_full_logits_become_input_size_labels():
     logits = np.array([[[[0.0, 2.0], [1.0, -1.0]], [[1.0, 1.0], [1.0, 0.0]]]], np.float32)
     processor = Processor(FixedEngine(contract("logits", "nchw_float", classes=2), logits), letterbox="off")
-    labels = processor.postprocess(logits, (40, 40))
+    labels, _ = processor.postprocess(logits, (40, 40))
     np.testing.assert_array_equal(labels, np.array([[1, 0], [0, 1]], np.uint8))  # the (1, 0) tie goes to class 0
 
 
 def test_label_outputs_pass_through_as_uint8():
     output = np.array([[[2, 0], [1, 2]]], np.int64)
     processor = Processor(FixedEngine(contract("labels"), output), letterbox="off")
-    labels = processor.postprocess(output, (2, 2))
+    labels, _ = processor.postprocess(output, (2, 2))
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, [[2, 0], [1, 2]])
 
@@ -208,10 +208,10 @@ def test_letterboxed_frame_is_padded_and_its_labels_cropped():
     batch = processor.preprocess(frame)
     assert not batch[0, :, :, :4].any() and not batch[0, :, :, 12:].any()
     np.testing.assert_array_equal(batch[0, :, :, 4:12], ops.preprocess(frame, (8, 8), (0, 0, 0), (1, 1, 1)))
-    labels = processor.postprocess(lowres, (8, 8))
+    labels, _ = processor.postprocess(lowres, (8, 8))
     # The cropped logits are columns 1..2: class 0 then class 1, upsampled to the frame.
     np.testing.assert_array_equal(labels, np.array([[0, 0, 0, 0, 1, 1, 1, 1]] * 8, np.uint8))
-    stretched = Processor(engine, letterbox="off").postprocess(lowres, (8, 8))
+    stretched, _ = Processor(engine, letterbox="off").postprocess(lowres, (8, 8))
     assert (stretched == 2).any()
 
 
@@ -220,7 +220,7 @@ def test_letterboxed_label_outputs_are_cropped_to_the_frame():
     processor = Processor(FixedEngine(contract("labels"), output), letterbox="on")
     # A 6x4 frame on the 6x8 input: 4 columns, offset (8 - 4) / 2 = 2 rounded down to the stride, 0.
     assert processor.region((6, 4)) == (0, 0, 6, 4)
-    np.testing.assert_array_equal(processor.postprocess(output, (6, 4)), output[0, :, :4])
+    np.testing.assert_array_equal(processor.postprocess(output, (6, 4))[0], output[0, :, :4])
 
 
 def test_unknown_letterbox_mode_is_refused():
@@ -409,3 +409,43 @@ def test_ctrl_c_stops_the_stages_and_finishes_the_sinks():
     assert sink.closed and not sink.aborted
     assert 3 <= stats.frames_out < 1000
     assert [index for index, _, _ in sink.written] == list(range(stats.frames_out))
+
+
+# ------------------------------------------------------------------------- non-finite logits
+
+
+class PoisonedLogitsEngine(Engine):
+    """Low-resolution logits (2 classes, 2 x 2) from the input's first byte b: class 0 scores 1
+    and class 1 scores 0, except that frames with b % 3 == 0 get `poison` in one of class 1's
+    entries."""
+
+    def __init__(self, poison, kind="lowres_logits"):
+        self.contract = contract(kind, "nhwc_uint8", classes=2)
+        self.poison = poison
+
+    def infer(self, batch):
+        logits = np.zeros((1, 2, 2, 2), np.float16)
+        logits[0, 0] = 1.0
+        if batch[0, 0, 0, 0] % 3 == 0:
+            logits[0, 1, 1, 1] = self.poison
+        return logits
+
+
+@pytest.mark.parametrize("kind", ["lowres_logits", "logits"])
+@pytest.mark.parametrize("poison, corner_label", [(np.nan, 0), (-np.inf, 0), (np.inf, 1)])
+def test_frames_with_non_finite_logits_are_counted(kind, poison, corner_label):
+    """Frames 0, 3, 6, 9 of 10 carry the poison: 4 counted, and their labels follow the
+    reference's rule (NaN and -inf lose to class 0's 1, +inf wins)."""
+    sink = RecordingSink()
+    finished = []
+    processor = Processor(PoisonedLogitsEngine(poison, kind), letterbox="off")
+    stats = run_pipeline(frames(10), processor, [sink], on_frame=lambda frame: finished.append(
+        (frame.index, frame.nonfinite, int(frame.labels[-1, -1]))))
+    assert stats.nonfinite_frames == 4 and stats.summary()["nonfinite_frames"] == 4
+    assert sorted(finished) == [(i, i % 3 == 0, corner_label if i % 3 == 0 else 0) for i in range(10)]
+
+
+def test_finite_logits_and_label_outputs_count_no_frames():
+    assert run_pipeline(frames(5), Processor(PoisonedLogitsEngine(7.0), letterbox="off")).nonfinite_frames == 0
+    assert run_pipeline(frames(5), Processor(TracingEngine())).nonfinite_frames == 0
+

@@ -40,9 +40,9 @@ def bikes_mp4() -> Path:
 
 
 def write_model(path: Path, weights: np.ndarray, input_hw, output_kind: str, with_contract: bool = True,
-                batch: int | str = 1) -> Path:
-    """1x1 conv from normalised RGB to K logits; lowres_logits average-pools them by 4. `batch`
-    is the graph's batch axis: a size, or a name for a dynamic one."""
+                batch: int | str = 1, std=(1.0, 1.0, 1.0)) -> Path:
+    """1x1 conv from normalised RGB (mean 0, `std`) to K logits; lowres_logits average-pools them
+    by 4. `batch` is the graph's batch axis: a size, or a name for a dynamic one."""
     classes = weights.shape[0]
     height, width = input_hw
     nodes = [helper.make_node("Conv", ["image", "weight"], ["logits"])]
@@ -61,7 +61,7 @@ def write_model(path: Path, weights: np.ndarray, input_hw, output_kind: str, wit
         contract = ModelContract(
             classes=tuple(f"class{i}" for i in range(classes)),
             palette=tuple((40 * i % 256, 90 * i % 256, 200) for i in range(classes)),
-            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=tuple(input_hw),
+            mean=(0.0, 0.0, 0.0), std=tuple(std), input_size=tuple(input_hw),
             input_layout="nchw_float", output_kind=output_kind)
         helper.set_model_props(model, contract.to_metadata())
     onnx.save(model, str(path))
@@ -157,6 +157,32 @@ def test_image_folder_with_a_corrupt_frame_is_scored_against_ground_truth(tmp_pa
     assert summary["per_class_iou"] == pytest.approx({"class0": 2 / 3, "class1": 0.5})
     assert summary["miou"] == pytest.approx(7 / 12)
     assert summary["frames_scored"] == 3
+
+
+@pytest.mark.parametrize("kind", ["logits", "lowres_logits"])
+def test_non_finite_network_output_is_counted_and_warned_about_once(tmp_path, kind):
+    """Class 1 weighs blue 3e38 and std 0.1 makes a full blue 10: 3e38 * 10 overflows to +inf in
+    frames 1 and 3 (red and blue), while frames 0 and 2 (red only) stay finite."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(4):
+        image = np.zeros((16, 16, 3), np.uint8)
+        image[..., 2] = 255
+        image[..., 0] = 255 * (index % 2)
+        cv2.imwrite(str(frames / f"{index:06d}.png"), image)
+    model = write_model(tmp_path / "overflow.onnx", np.array([[1.0, 0, 0], [0, 0, 3e38]]), (8, 8), kind,
+                        std=(1.0, 1.0, 0.1))
+    labels, stats = tmp_path / "labels", tmp_path / "stats.json"
+    result = run_cli("--model", model, "--source", frames, "--save-labels", labels, "--json", stats)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(stats.read_text())["nonfinite_frames"] == 2
+    warnings = [line for line in result.stderr.splitlines() if "inf or NaN" in line]
+    assert warnings == ["segment: warning: camera cam0, frame 1: the network output has inf or NaN values (NaN "
+                        "counted as -inf); the summary's nonfinite_frames counts such frames"]
+    assert "network output with inf/NaN: 2 frames (NaN counted as -inf)" in result.stdout
+    for index in range(4):  # +inf beats class 0's 1 everywhere
+        got = cv2.imread(str(labels / f"{index:06d}.png"), cv2.IMREAD_UNCHANGED)
+        assert (got == index % 2).all(), index
 
 
 # ------------------------------------------------------------------------------ bad input

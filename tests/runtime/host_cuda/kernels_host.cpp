@@ -32,7 +32,8 @@ struct Entry {
 const Entry kernels[] = {
     HOST_KERNEL(preprocess_nchw_f32), HOST_KERNEL(preprocess_nchw_f16), HOST_KERNEL(preprocess_nhwc_u8),
     HOST_KERNEL(upsample_argmax_f32), HOST_KERNEL(upsample_argmax_f16), HOST_KERNEL(argmax_f32),
-    HOST_KERNEL(argmax_f16),          HOST_KERNEL(blend),
+    HOST_KERNEL(argmax_f16),          HOST_KERNEL(blend),               HOST_KERNEL(find_nonfinite_f32),
+    HOST_KERNEL(find_nonfinite_f16),
 };
 
 }  // namespace
