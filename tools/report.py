@@ -32,7 +32,7 @@ TARGETS = {"README.md": ("rig", "ssl_benchmark", "demo", "export"), "docs/ssl_be
 
 
 def _read(path: Path) -> dict | None:
-    data = SOURCE.read(path.as_posix()) if SOURCE.rev is not None else (path.read_bytes() if path.exists() else None)
+    data = SOURCE.read(path.as_posix())
     return json.loads(data) if data is not None else None
 
 
