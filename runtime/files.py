@@ -1,7 +1,10 @@
-"""Atomic file writes: write to a temporary name in the target's folder, then rename.
+"""Atomic, durable file writes: write to a temporary name in the target's folder, then rename.
 
 Readers (DVC, a resumed stage, a deployed runtime) never see a half-written file, and an
-interrupted write leaves the previous file, if any, in place. The temporary name is short
+interrupted write leaves the previous file, if any, in place. Every rename goes through
+`publish`, which syncs the data before the rename and the folder after it: without both, ext4
+and most flash file systems can leave a zero-length file under the final name after a power
+cut, which a vehicle gets without warning. The temporary name is short
 (`.<8 hex>.tmp`) so that a final name at the file-system limit still works, and the file is
 created with the umask's permissions (unlike mkstemp's 0600) because it becomes the output.
 """
@@ -15,6 +18,34 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def sync(path: str | os.PathLike) -> None:
+    """fsync a file or a folder (a folder's fsync makes the names in it durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_tree(folder: str | os.PathLike) -> None:
+    """fsync every file and folder under `folder`, deepest first, `folder` itself last."""
+    for root, _, names in os.walk(folder, topdown=False):
+        for name in names:
+            sync(os.path.join(root, name))
+        sync(root)
+
+
+def publish(temp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename the finished `temp` (a file or a folder) to `path`, durably: its data reaches the
+    disk before the name does, and the folder's new entry after."""
+    if os.path.isdir(temp):
+        sync_tree(temp)
+    else:
+        sync(temp)
+    os.replace(temp, path)
+    sync(Path(path).parent)
 
 
 def create_temp(folder: str | os.PathLike, suffix: str = ".tmp") -> Path:
@@ -43,12 +74,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     temp = create_temp(path.parent)
     try:
         yield temp
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)  # the data reaches the disk before the name does
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
+        publish(temp, path)
     except BaseException as exc:
         temp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, str(temp)):
@@ -78,6 +104,6 @@ def replace_dir(source: str | os.PathLike, target: str | os.PathLike) -> None:
     if target.exists():
         old = Path(tempfile.mkdtemp(prefix=target.name + ".old-", dir=target.parent))
         os.replace(target, old / target.name)
-    os.replace(source, target)
+    publish(source, target)
     if old is not None:
         shutil.rmtree(old)

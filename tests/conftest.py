@@ -64,3 +64,46 @@ def project_copy(tmp_path):
     run.root = dest
     run.set_params = set_params
     return run
+
+
+class DiskLog:
+    """What reached the disk, in order: ("fsync", path) and ("rename", source, target) events.
+
+    Stands in for a power cut: a final name is durable only if its data was synced before the
+    rename that made it and its folder after.
+    """
+
+    def __init__(self):
+        self.events: list[tuple] = []
+
+    def durable(self, path) -> bool:
+        path = os.path.realpath(path)
+        for i, event in enumerate(self.events):
+            if event[0] == "rename" and event[2] == path:
+                synced_before = ("fsync", event[1]) in self.events[:i]
+                synced_after = ("fsync", os.path.dirname(path)) in self.events[i + 1:]
+                if synced_before and synced_after:
+                    return True
+        return False
+
+    def synced(self, path) -> bool:
+        return ("fsync", os.path.realpath(path)) in self.events
+
+
+@pytest.fixture
+def disk_log(monkeypatch):
+    """Spy on os.fsync and os.replace (the only ways this project makes a file durable and final)."""
+    log = DiskLog()
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        log.events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source, target, **kwargs):
+        log.events.append(("rename", os.path.realpath(source), os.path.realpath(target)))
+        real_replace(source, target, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return log

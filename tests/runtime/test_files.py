@@ -79,3 +79,31 @@ def test_missing_folders_are_made_and_json_is_indented_with_a_final_newline(tmp_
 def test_a_temp_keeps_the_suffix_a_video_writer_needs(tmp_path):
     temp = files.create_temp(tmp_path, ".part.mp4")
     assert temp.name.startswith(".") and temp.name.endswith(".part.mp4") and temp.stat().st_size == 0
+
+
+def test_each_write_syncs_its_data_before_the_rename_and_the_folder_after(tmp_path, disk_log):
+    files.write_json(tmp_path / "a" / "metrics.json", {"miou": 0.5})
+    assert disk_log.durable(tmp_path / "a" / "metrics.json")
+    renames = [event for event in disk_log.events if event[0] == "rename"]
+    assert len(renames) == 1
+
+
+def test_a_replaced_folder_syncs_every_file_in_it_before_it_takes_the_name(tmp_path, disk_log):
+    source = tmp_path / "staging"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "000000.png").write_bytes(b"png")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "old.png").write_bytes(b"old")
+    files.replace_dir(source, tmp_path / "labels")
+    rename = disk_log.events.index(("rename", str(source), str(tmp_path / "labels")))
+    before = disk_log.events[:rename]
+    assert ("fsync", str(source / "sub" / "000000.png")) in before and ("fsync", str(source / "sub")) in before
+    assert disk_log.durable(tmp_path / "labels")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels"]
+
+
+def test_the_spy_catches_a_rename_without_a_sync(tmp_path, disk_log):
+    temp = tmp_path / "t"
+    temp.write_bytes(b"x")
+    os.replace(temp, tmp_path / "final")
+    assert not disk_log.durable(tmp_path / "final")
