@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -142,6 +141,15 @@ def make_staging(out_dir: Path) -> Path:
                           "set export.out_dir to a folder on a writable disk") from None
 
 
+def publish_artefacts(staging: Path, out_dir: Path, names) -> None:
+    """Move the verified artefacts into `out_dir`, each durable before the next (runtime.files.publish)."""
+    out_dir.mkdir(exist_ok=True)
+    for name in names:
+        if name.endswith(".engine"):  # the sidecar first: an engine is never in place without it
+            files.publish(sidecar_path(staging / name), sidecar_path(out_dir / name))
+        files.publish(staging / name, out_dir / name)
+
+
 def run(params_path: str, manifest_path: str, metrics_path: str) -> dict:
     cfg = params.load("export", params_path)
     split_cfg = params.load("split", params_path)
@@ -173,11 +181,7 @@ def run(params_path: str, manifest_path: str, metrics_path: str) -> dict:
                   f"{'ok' if report.passed else 'FAILED'}")
         if failures:
             raise failures[0]
-        out_dir.mkdir(exist_ok=True)
-        for name in artefacts.values():
-            os.replace(staging / name, out_dir / name)
-            if name.endswith(".engine"):
-                os.replace(sidecar_path(staging / name), sidecar_path(out_dir / name))
+        publish_artefacts(staging, out_dir, artefacts.values())
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -422,7 +422,7 @@ class VideoSink(Sink):
             else:
                 self._container.mux(self._stream.encode(None))
                 self._container.close()
-            os.replace(self._temp, self.path)
+            files.publish(self._temp, self.path)
         except OSError as exc:
             self.abort()
             raise write_failure("output", self.path, exc) from None

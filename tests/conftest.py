@@ -77,17 +77,21 @@ class DiskLog:
         self.events: list[tuple] = []
 
     def durable(self, path) -> bool:
+        """`path` took its name by a rename after its data was synced (for a folder: every file and
+        folder now in it, under the name it had then) and its parent folder was synced after."""
         path = os.path.realpath(path)
+        inside = [""]
+        if os.path.isdir(path):
+            inside += [os.path.relpath(os.path.join(root, name), path)
+                       for root, dirs, names in os.walk(path) for name in dirs + names]
         for i, event in enumerate(self.events):
             if event[0] == "rename" and event[2] == path:
-                synced_before = ("fsync", event[1]) in self.events[:i]
-                synced_after = ("fsync", os.path.dirname(path)) in self.events[i + 1:]
-                if synced_before and synced_after:
+                before = self.events[:i]
+                synced_before = all(("fsync", os.path.normpath(os.path.join(event[1], rel))) in before
+                                    for rel in inside)
+                if synced_before and ("fsync", os.path.dirname(path)) in self.events[i + 1:]:
                     return True
         return False
-
-    def synced(self, path) -> bool:
-        return ("fsync", os.path.realpath(path)) in self.events
 
 
 @pytest.fixture

@@ -194,13 +194,14 @@ def test_mp4_cut_before_its_index_cannot_be_opened(tmp_path):
 # ----------------------------------------------------------------------------------- sinks
 
 
-def test_video_sink_writes_every_frame_under_the_final_name_only_on_close(tmp_path):
+def test_video_sink_writes_every_frame_under_the_final_name_only_on_close(tmp_path, disk_log):
     target = tmp_path / "out" / "overlay.mp4"
     sink = VideoSink(target, fps=10, size=(32, 24))
     for index in range(7):
         sink.write(index, level_frame(30 * index), None)
     assert not target.exists()
     sink.close()
+    assert disk_log.durable(target)
     assert sorted(p.name for p in target.parent.iterdir()) == ["overlay.mp4"]
     frames = read_all(target)
     assert len(frames) == 7 and frames[0].shape == (24, 32, 3)
@@ -279,10 +280,11 @@ def test_read_only_folder_is_reported(tmp_path):
         LabelSink(locked)
 
 
-def test_label_sink_writes_exact_train_ids_named_by_frame_index(tmp_path):
+def test_label_sink_writes_exact_train_ids_named_by_frame_index(tmp_path, disk_log):
     sink = LabelSink(tmp_path / "labels")
     labels = np.array([[0, 1, 255], [18, 7, 3]], np.uint8)
     sink.write(12, None, labels)
+    assert disk_log.durable(tmp_path / "labels" / "000012.png")  # each frame, not only at the end
     sink.close()
     written = cv2.imread(str(tmp_path / "labels" / "000012.png"), cv2.IMREAD_UNCHANGED)
     assert written.dtype == np.uint8

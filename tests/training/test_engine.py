@@ -156,3 +156,9 @@ def test_ddp_two_processes_on_cpu(tmp_path, tiny):
                             cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("ok") == 2
+
+
+def test_each_checkpoint_is_durable_before_training_goes_on(tmp_path, tiny, disk_log):
+    run = trainer(tmp_path, tiny)
+    run.fit(stop_after=2)
+    assert disk_log.durable(run.checkpoint_path)

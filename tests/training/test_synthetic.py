@@ -107,9 +107,10 @@ def _files(root):
     return sorted(str(path.relative_to(root)) for path in root.rglob("*") if path.is_file())
 
 
-def test_dataset_is_written_in_the_cityscapes_layout_with_label_ids(tmp_path):
+def test_dataset_is_written_in_the_cityscapes_layout_with_label_ids(tmp_path, disk_log):
     root = tmp_path / "synthetic"
     counts = synthetic.write_dataset(root, TINY)
+    assert disk_log.durable(root)  # every image, label and the video in it
     assert counts == {"train": 5, "val": 2, "video_frames": 6}
     expected = []
     for split, n in (("train", 5), ("val", 2)):

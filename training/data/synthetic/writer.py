@@ -114,7 +114,7 @@ def write_video(root: str | Path, params: SyntheticParams) -> Path:
         finally:
             writer.release()
         files.replace_dir(labels, video_dir / "labels")
-        os.replace(partial, target)
+        files.publish(partial, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
