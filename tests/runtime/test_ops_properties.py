@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("hypothesis", reason="hypothesis comes with the dev extra: pip install -e '.[dev]'")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import runtime.ops as ops  # noqa: E402
@@ -148,12 +148,14 @@ def assert_same_outcome(c_call, reference_call, compare=np.testing.assert_array_
 
 
 def close_floats(got, want):
-    """C preprocess folds /255, -mean and /std into one multiply-add: within float rounding
-    (float16: one unit in the last place of the reference's value)."""
+    """C preprocess folds /255, -mean and /std into one multiply-add in float32: within float
+    rounding. For float16, one unit in the last place of the reference's value, or 1e-5 near zero:
+    there the multiply-add cancels terms near 2, whose float32 rounding (about 2e-7) is several
+    float16 subnormal steps (6e-8), so a value of 5.2e-5 may land two steps from the reference's."""
     assert got.dtype == want.dtype and got.shape == want.shape
     if got.dtype == np.float16:
-        spacing = np.spacing(np.abs(want)).astype(np.float32)
-        assert (np.abs(got.astype(np.float32) - want.astype(np.float32)) <= spacing).all()
+        tolerance = np.maximum(np.spacing(np.abs(want)).astype(np.float32), 1e-5)
+        assert (np.abs(got.astype(np.float32) - want.astype(np.float32)) <= tolerance).all()
     elif got.dtype == np.float32:
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)
     else:
@@ -166,6 +168,8 @@ def close_floats(got, want):
 @given(frame_hw=extents(), out_hw=extents(), layout=st.sampled_from(reference.LAYOUTS),
        dtype=st.sampled_from([np.float32, np.float16]), seed=st.integers(0, 2 ** 32 - 1),
        letterbox=st.booleans(), frame_damage=st.sampled_from(DAMAGE), out_damage=st.sampled_from(DAMAGE + ["none"]))
+@example(frame_hw=(34, 3), out_hw=(352, 2), layout="nchw_float", dtype=np.float16, seed=1, letterbox=False,
+         frame_damage="as is", out_damage="as is")  # -5.232e-5: C gives -5.245e-5, the reference -5.233e-5
 def test_preprocess_is_the_reference(frame_hw, out_hw, layout, dtype, seed, letterbox, frame_damage, out_damage):
     rng = np.random.default_rng(seed)
     frame = damaged(rng.integers(0, 256, (*frame_hw, 3), dtype=np.uint8), frame_damage)
