@@ -22,6 +22,7 @@ from bench.measure import (DEFAULT_LEVELS, DEFAULT_MODELS, DEFAULT_VIDEO, EXIT_B
                            describe_machine, model_names)
 from bench.report import check_output, compare, csv_text, format_compare, load_results, render_markdown, write_plot
 from runtime import ops
+from runtime.api import THREADED_BACKENDS
 from runtime.contract import PRECISIONS, ContractError
 from runtime.engines import BACKEND_BY_SUFFIX, EngineError, input_spec, open_engine
 from runtime.files import write_text
@@ -29,9 +30,6 @@ from runtime.ops import reference
 from runtime.pipeline import thread_budget
 from runtime.redact import redact
 from runtime.video import SinkError, SourceError
-
-# CPU engines the threads budget applies to.
-THREADED_BACKENDS = ("onnxruntime", "torch")
 
 
 def parse_resolution(text: str) -> tuple[str, tuple[int, int]]:

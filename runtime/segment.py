@@ -10,7 +10,7 @@ DIR/<camera id>/, and --json writes one rig summary holding every camera's (runt
 the `segment_demo` stage checks the deployed model on the synthetic dashcam clip.
 Exit codes: 0 done, 2 bad input (one line on stderr, nothing written), 130 Ctrl-C and 143
 SIGTERM (a service manager stopping it; either way the output written so far is kept as a
-valid file).
+valid file). The model runs through runtime.Segmenter, the API an embedding uses (one code path).
 """
 from __future__ import annotations
 
@@ -29,14 +29,15 @@ if __package__ in (None, ""):  # run as a script: make the `runtime` package imp
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runtime import files, ops, rig  # noqa: E402
+from runtime import files, rig  # noqa: E402
+from runtime.api import Segmenter  # noqa: E402
 from runtime.contract import ContractError  # noqa: E402
-from runtime.engines import BACKEND_BY_SUFFIX, BACKENDS, EngineError, open_engine  # noqa: E402
+from runtime.engines import BACKENDS, EngineError  # noqa: E402
 from runtime.ops import OpsInputError  # noqa: E402
-from runtime.gpu_path import DEVICES, open_processor  # noqa: E402
+from runtime.gpu_path import DEVICES  # noqa: E402
 from runtime.redact import redact  # noqa: E402
 from runtime.pipeline import (GLASS_TO_GLASS, LETTERBOX_MODES, LETTERBOX_TOLERANCE, STAGES, Camera,  # noqa: E402
-                              ThreadBudget, abort_sinks, run_rig, thread_budget)
+                              ThreadBudget, abort_sinks, run_rig)
 from runtime.scoring import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
 from runtime.video import (LabelSink, NullSink, Sink, SinkError, SourceError, VideoSink, existing_kind,  # noqa: E402
                            labels_path, make_output_folder, open_source, temp_file_in, write_failure)
@@ -46,7 +47,6 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
 # Corrupt files named in the summary table; the JSON lists them all.
 SHOWN_CORRUPT_FILES = 5
-THREADED_BACKENDS = ("onnxruntime", "torch")
 
 
 class GroundTruthError(ValueError):
@@ -220,18 +220,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def choose_threads(args) -> ThreadBudget:
-    """The split of the cores between the engine and the ops (the engine's part only where it
-    runs on the CPU)."""
-    backend = BACKEND_BY_SUFFIX.get(Path(args.model).suffix) if args.backend == "auto" else args.backend
-    return thread_budget(args.threads, args.op_threads, cpu_inference=backend in THREADED_BACKENDS)
-
-
-def open_model(args, budget: ThreadBudget):
-    extra = {"threads": budget.inference} if budget.inference is not None else {}
-    return open_engine(args.model, backend=args.backend, **extra)
-
-
 def segment(args: argparse.Namespace) -> int:
     """Run the CLI once; user errors surface as the exceptions `main` turns into exit code 2.
 
@@ -244,8 +232,6 @@ def segment(args: argparse.Namespace) -> int:
         raise rig.RigError("--gt-labels scores one stream; give a single --source to score it")
     if args.json is not None:
         check_writable(args.json)
-    budget = choose_threads(args)
-    ops.set_num_threads(budget.ops)
     with contextlib.ExitStack() as stack:
         feeds = [stack.enter_context(rig.Feed(open_source(camera.source), loop=camera.loop)) for camera in cameras]
         sinks: dict[str, list[Sink]] = {camera.id: [] for camera in cameras}
@@ -255,21 +241,22 @@ def segment(args: argparse.Namespace) -> int:
                     sinks[camera.id].append(VideoSink(camera.out, feed.fps, feed.size))
                 if camera.save_labels is not None:
                     sinks[camera.id].append(LabelSink(camera.save_labels))
-            with open_model(args, budget) as engine:
+            with Segmenter(args.model, args.device, args.threads, op_threads=args.op_threads,
+                           letterbox=args.letterbox, alpha=args.alpha, backend=args.backend) as segmenter:
                 scorer = None
                 if args.gt_labels is not None:
-                    scorer = GroundTruthScorer(args.gt_labels, engine.contract.num_classes)
+                    scorer = GroundTruthScorer(args.gt_labels, segmenter.contract.num_classes)
                     sinks[cameras[0].id].append(scorer)
-                processor = open_processor(engine, args.device, alpha=args.alpha)
-                processor.letterbox = args.letterbox
+                processor = segmenter.processor
                 stats = _run_with_progress(args, cameras, feeds, processor, sinks)
                 per_camera = {camera.id: camera_summary(stats.cameras[camera.id], camera, feed, processor, args)
                               for camera, feed in zip(cameras, feeds)}
-                shared = {"model": str(args.model), "engine": engine.describe(), "threads": budget.summary()}
+                shared = {"model": str(args.model), "engine": segmenter.describe(),
+                          "threads": segmenter.threads.summary()}
                 if len(cameras) == 1:
                     summary = {**per_camera[cameras[0].id], **shared}
                     if scorer is not None:
-                        summary.update(scorer.report(engine.contract.classes))
+                        summary.update(scorer.report(segmenter.contract.classes))
                 else:
                     summary = rig_summary(stats, per_camera, shared)
         except BaseException:
