@@ -1,4 +1,4 @@
-"""Frame sources (video file, camera, stream URL, image folder) and output sinks.
+"""Frame sources (video file, camera, stream URL, image folder; recorded drives in runtime/bags.py) and output sinks.
 
 Sources yield `(index, frame_bgr)`; a frame that fails to decode in the middle of a file is
 skipped and counted instead of ending the run, because dashcam recordings are routinely
@@ -203,10 +203,13 @@ class ImageFolderSource(Source):
         return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
 
-def open_source(spec: str | int | os.PathLike, *, folder_fps: float = DEFAULT_FPS) -> Source:
-    """Open a camera index ("0"), an rtsp:// / http(s):// URL, an image folder or a video file.
-    Messages name a URL without its user and password (runtime.redact)."""
+def open_source(spec: str | int | os.PathLike, *, folder_fps: float = DEFAULT_FPS, topic: str | None = None) -> Source:
+    """Open a camera index ("0"), an rtsp:// / http(s):// URL, an image folder, a video file or a
+    recorded drive (runtime.bags; `topic` picks its camera). Messages name a URL without its user
+    and password (runtime.redact)."""
     text = str(spec)
+    if topic is not None and (text.isdigit() or "://" in text):
+        raise _topic_without_drive(text)
     if text.isdigit():
         capture = cv2.VideoCapture(int(text))
         if not capture.isOpened():
@@ -220,6 +223,13 @@ def open_source(spec: str | int | os.PathLike, *, folder_fps: float = DEFAULT_FP
         return CaptureSource(text, capture, is_live=True)
     path = Path(text)
     kind = existing_kind(path, "source", SourceError)
+    if kind is not None:
+        from runtime import bags
+
+        if bags.is_bag(path):
+            return bags.BagSource(path, topic)
+        if topic is not None:
+            raise _topic_without_drive(text)
     if kind == "folder":
         return ImageFolderSource(path, folder_fps)
     if kind is None:
@@ -232,6 +242,11 @@ def open_source(spec: str | int | os.PathLike, *, folder_fps: float = DEFAULT_FP
             f"source {text}: cannot be opened as a video (unsupported, damaged or truncated file); "
             "check that it plays")
     return CaptureSource(text, capture, is_live=False)
+
+
+def _topic_without_drive(text: str) -> SourceError:
+    return SourceError(f"source {redact(text)}: --topic reads a recorded drive (.mcap, .bag or a ROS 2 bag folder), "
+                       "this is none; drop --topic or give the drive")
 
 
 class Sink:
