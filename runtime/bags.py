@@ -244,8 +244,58 @@ class _McapFile:
         self._file.close()
 
 
+class ImageMcap:
+    """An MCAP file of sensor_msgs images being written to `stream`: ros2 profile, CDR messages,
+    the message definitions embedded (what Foxglove and rosbags need to decode them). The one
+    writer of the output bag and of the benchmark's recorded drive. Threads may write at once:
+    encoding runs beside the others, only the append to the file is one at a time."""
+
+    def __init__(self, stream):
+        from mcap.writer import CompressionType, Writer
+
+        self.store = _typestore()
+        # LZ4 chunks: label maps shrink many times over, at a fraction of zstd's time.
+        self._writer = Writer(stream, compression=CompressionType.LZ4)
+        self._writer.start(profile="ros2", library="stpg runtime/bags.py")
+        self._lock = threading.Lock()
+        self._schemas = {kind: self._writer.register_schema(
+            kind, "ros2msg", self.store.generate_msgdef(kind, ros_version=2)[0].encode()) for kind in IMAGE_TYPES}
+
+    def channel(self, topic: str, kind: str) -> int:
+        with self._lock:
+            return self._writer.register_channel(topic, "cdr", self._schemas[kind])
+
+    def header(self, stamp_ns: int, frame_id: str):
+        types = self.store.types
+        stamp = types["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+        return types["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
+
+    def labels(self, channel: int, header, labels: np.ndarray, log_time_ns: int) -> None:
+        """A uint8 label map as a mono8 Image."""
+        height, width = labels.shape
+        self._write(channel, IMAGE, log_time_ns, header=header, height=height, width=width, encoding="mono8",
+                    is_bigendian=0, step=width, data=np.ascontiguousarray(labels).reshape(-1))
+
+    def jpeg(self, channel: int, header, image_bgr: np.ndarray, log_time_ns: int,
+             quality: int = OVERLAY_JPEG_QUALITY) -> None:
+        """A BGR image as a JPEG CompressedImage."""
+        ok, jpeg = cv2.imencode(".jpg", image_bgr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        self._write(channel, COMPRESSED, log_time_ns, header=header, format="jpeg", data=jpeg.reshape(-1))
+
+    def _write(self, channel: int, kind: str, log_time_ns: int, **fields) -> None:
+        data = self.store.serialize_cdr(self.store.types[kind](**fields), kind)
+        with self._lock:
+            self._writer.add_message(channel, log_time=log_time_ns, data=data, publish_time=log_time_ns)
+
+    def finish(self) -> None:
+        """Write the summary and footer (the stream stays open)."""
+        self._writer.finish()
+
+
 class BagWriter:
-    """One MCAP file that the output sinks of every camera write into (`sink`).
+    """The output bag: one MCAP file that the sinks of every camera write into (`sink`).
 
     Written to a locked temporary file beside the target (as VideoSink does) and published
     (runtime.files.publish) when the last camera's sink closes; an abort of any camera's sink
@@ -253,11 +303,6 @@ class BagWriter:
     """
 
     def __init__(self, path: str | os.PathLike):
-        try:
-            self._store = _typestore()
-            from mcap.writer import CompressionType, Writer
-        except (SourceError, ImportError):
-            raise SinkError("--out-bag needs rosbags and mcap; pip install '.[runtime]'") from None
         self.path = Path(path)
         if self.path.suffix.lower() != ".mcap" or existing_kind(self.path, "output bag", SinkError) == "folder":
             raise SinkError(f"output bag {self.path}: is not a file name ending in .mcap; give one such as "
@@ -268,43 +313,32 @@ class BagWriter:
         self._temp = temp_file_in(self.path.parent, "output bag", self.path, suffix)
         self._lock_fd: int | None = os.open(self._temp, os.O_RDONLY)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._lock = threading.Lock()  # every camera's encode thread writes
+        self._lock = threading.Lock()  # every camera's sink closes or aborts through here
         self._sinks = self._closed = 0
         self._done = False
         self._file = open(self._temp, "wb")
-        # LZ4 chunks: label maps shrink many times over, at a fraction of zstd's time.
-        self._writer = Writer(self._file, compression=CompressionType.LZ4)
-        self._writer.start(profile="ros2", library="stpg runtime/bags.py")
-        self._schemas = {}
-        for kind in IMAGE_TYPES:
-            text, _ = self._store.generate_msgdef(kind, ros_version=2)
-            self._schemas[kind] = self._writer.register_schema(kind, "ros2msg", text.encode())
+        try:
+            self.mcap = ImageMcap(self._file)
+        except (SourceError, ImportError):
+            self._abort()
+            raise SinkError("--out-bag needs rosbags and mcap; pip install '.[runtime]'") from None
 
     def sink(self, camera_id: str, topic: str | None, header: Callable[[int], Header | None], fps: float) -> "BagSink":
         """The sink of one camera; `topic` is its input topic (None for a camera that is no bag:
         its outputs go under /<camera id>/, stamped at `fps` from zero)."""
         labels_topic, overlay_topic = output_topics(topic or f"/{camera_id}/image")
+        channels = (self.mcap.channel(labels_topic, IMAGE), self.mcap.channel(overlay_topic, COMPRESSED))
         with self._lock:
-            channels = (self._writer.register_channel(labels_topic, "cdr", self._schemas[IMAGE]),
-                        self._writer.register_channel(overlay_topic, "cdr", self._schemas[COMPRESSED]))
             self._sinks += 1
         return BagSink(self, channels, camera_id, header, fps)
 
-    def write(self, channel: int, kind: str, message, log_time_ns: int) -> None:
-        data = self._store.serialize_cdr(message, kind)
-        with self._lock:
-            try:
-                self._writer.add_message(channel, log_time=log_time_ns, data=data, publish_time=log_time_ns)
-            except OSError as exc:
-                raise write_failure("output bag", self.path, exc) from None
-
-    def message(self, kind: str, **fields):
-        return self._store.types[kind](**fields)
-
-    def header(self, stamp_ns: int, frame_id: str):
-        types = self._store.types
-        stamp = types["builtin_interfaces/msg/Time"](sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
-        return types["std_msgs/msg/Header"](stamp=stamp, frame_id=frame_id)
+    def write(self, channels: tuple[int, int], found: Header, labels: np.ndarray, overlay: np.ndarray) -> None:
+        header = self.mcap.header(found.stamp_ns, found.frame_id)
+        try:
+            self.mcap.labels(channels[0], header, labels, found.log_time_ns)
+            self.mcap.jpeg(channels[1], header, overlay, found.log_time_ns)
+        except OSError as exc:
+            raise write_failure("output bag", self.path, exc) from None
 
     def close_sink(self) -> None:
         """One camera is done; the last one finishes and publishes the file."""
@@ -313,7 +347,7 @@ class BagWriter:
             if self._closed < self._sinks or self._done:
                 return
             try:
-                self._writer.finish()
+                self.mcap.finish()
                 self._file.close()
                 files.publish(self._temp, self.path)
             except OSError as exc:
@@ -360,17 +394,7 @@ class BagSink(Sink):
         if found is None:  # a camera that is no bag: stamps from its frame rate
             stamp = round(index * 1e9 / self._fps)
             found = Header(stamp, self.camera_id, stamp)
-        writer = self.writer
-        header = writer.header(found.stamp_ns, found.frame_id)
-        height, width = labels.shape
-        writer.write(self.channels[0], IMAGE, writer.message(
-            IMAGE, header=header, height=height, width=width, encoding="mono8", is_bigendian=0, step=width,
-            data=np.ascontiguousarray(labels).reshape(-1)), found.log_time_ns)
-        ok, jpeg = cv2.imencode(".jpg", overlay, [cv2.IMWRITE_JPEG_QUALITY, OVERLAY_JPEG_QUALITY])
-        if not ok:
-            raise RuntimeError(f"JPEG encoding of frame {index} failed")
-        writer.write(self.channels[1], COMPRESSED, writer.message(
-            COMPRESSED, header=header, format="jpeg", data=jpeg.reshape(-1)), found.log_time_ns)
+        self.writer.write(self.channels, found, labels, overlay)
 
     def close(self) -> None:
         self.writer.close_sink()
