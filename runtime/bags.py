@@ -15,8 +15,6 @@ JPEG), each message with the header stamp and frame id of the input message it w
 """
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
 import threading
 from pathlib import Path
@@ -26,8 +24,8 @@ import cv2
 import numpy as np
 
 from runtime import files
-from runtime.video import (DEFAULT_FPS, Sink, SinkError, Source, SourceError, existing_kind, is_truncated_jpeg,
-                           make_output_folder, remove_stale_temporaries, temp_file_in, write_failure)
+from runtime.video import (DEFAULT_FPS, PartFile, Sink, SinkError, Source, SourceError, existing_kind,
+                           is_truncated_jpeg, make_output_folder, write_failure)
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -297,7 +295,7 @@ class ImageMcap:
 class BagWriter:
     """The output bag: one MCAP file that the sinks of every camera write into (`sink`).
 
-    Written to a locked temporary file beside the target (as VideoSink does) and published
+    Written to a PartFile beside the target (as VideoSink is) and published
     (runtime.files.publish) when the last camera's sink closes; an abort of any camera's sink
     removes it, so the target is a complete bag or untouched.
     """
@@ -308,15 +306,11 @@ class BagWriter:
             raise SinkError(f"output bag {self.path}: is not a file name ending in .mcap; give one such as "
                             "results.mcap")
         make_output_folder(self.path.parent, "output bag", self.path)
-        suffix = f".{hashlib.sha256(os.fsencode(self.path.name)).hexdigest()[:8]}.part.mcap"
-        remove_stale_temporaries(self.path.parent, suffix)
-        self._temp = temp_file_in(self.path.parent, "output bag", self.path, suffix)
-        self._lock_fd: int | None = os.open(self._temp, os.O_RDONLY)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._part = PartFile(self.path, "output bag", ".mcap")
         self._lock = threading.Lock()  # every camera's sink closes or aborts through here
         self._sinks = self._closed = 0
         self._done = False
-        self._file = open(self._temp, "wb")
+        self._file = open(self._part.name, "wb")
         try:
             self.mcap = ImageMcap(self._file)
         except (SourceError, ImportError):
@@ -349,7 +343,7 @@ class BagWriter:
             try:
                 self.mcap.finish()
                 self._file.close()
-                files.publish(self._temp, self.path)
+                files.publish(self._part.name, self.path)
             except OSError as exc:
                 self._abort()
                 raise write_failure("output bag", self.path, exc) from None
@@ -357,7 +351,7 @@ class BagWriter:
                 self._abort()
                 raise
             self._done = True
-            self._unlock()
+            self._part.unlock()
 
     def abort(self) -> None:
         with self._lock:
@@ -368,14 +362,7 @@ class BagWriter:
             return
         self._done = True
         self._file.close()
-        if os.path.exists(self._temp):
-            os.unlink(self._temp)
-        self._unlock()
-
-    def _unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._part.remove()
 
 
 class BagSink(Sink):

@@ -349,13 +349,36 @@ def h264_encoder() -> str | None:
     return None
 
 
+class PartFile:
+    """The temporary file an output is written to before its rename: beside it, named after it
+    and locked while written, so that the next run for the same output can tell a killed run's
+    leftover (removed here) from a live writer's file."""
+
+    def __init__(self, path: Path, what: str, extension: str):
+        suffix = f".{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]}.part{extension}"
+        remove_stale_temporaries(path.parent, suffix)
+        self.name = temp_file_in(path.parent, what, path, suffix)
+        self._lock: int | None = os.open(self.name, os.O_RDONLY)
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def remove(self) -> None:
+        """Delete it (the output was aborted) and let go of the lock."""
+        if os.path.exists(self.name):
+            os.unlink(self.name)
+        self.unlock()
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
 class VideoSink(Sink):
     """MP4 overlay video: H.264 through PyAV where available, else OpenCV's MPEG-4 part 2.
 
     4:2:0 video needs even dimensions, so an odd-sized frame is padded by one edge row/column;
-    a frame of another size than `size` (an image folder of mixed sizes) is scaled to it. The
-    temporary is named after the output and locked while written, so the next run for the same
-    output can tell a killed run's leftover from a live writer's file and remove it.
+    a frame of another size than `size` (an image folder of mixed sizes) is scaled to it. It is
+    written to a PartFile.
     """
 
     needs_overlay = True
@@ -370,11 +393,8 @@ class VideoSink(Sink):
         self.encoded_size = (self.size[0] + self.size[0] % 2, self.size[1] + self.size[1] % 2)
         self.fps = float(fps) if fps and fps > 0 else DEFAULT_FPS
         self.frames_written = 0
-        suffix = f".{hashlib.sha256(os.fsencode(self.path.name)).hexdigest()[:8]}.part.mp4"
-        remove_stale_temporaries(self.path.parent, suffix)
-        self._temp = temp_file_in(self.path.parent, "output", self.path, suffix)
-        self._lock = os.open(self._temp, os.O_RDONLY)
-        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._part = PartFile(self.path, "output", ".mp4")
+        self._temp = self._part.name
         self._container = self._writer = None
         try:
             encoder = h264_encoder()
@@ -444,7 +464,7 @@ class VideoSink(Sink):
         except BaseException:
             self.abort()
             raise
-        self._unlock()
+        self._part.unlock()
 
     def abort(self) -> None:
         try:
@@ -454,14 +474,7 @@ class VideoSink(Sink):
                 self._container.close()
         except Exception:  # the file is being thrown away; a failing flush does not matter
             pass
-        if os.path.exists(self._temp):
-            os.unlink(self._temp)
-        self._unlock()
-
-    def _unlock(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        self._part.remove()
 
 
 def labels_path(folder: str | os.PathLike, index: int) -> Path:
