@@ -9,6 +9,10 @@ image folder and to --save-labels.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -26,7 +30,7 @@ from runtime import bags  # noqa: E402
 from runtime.api import Segmenter  # noqa: E402
 from runtime.video import labels_path  # noqa: E402
 from tests.runtime.test_api import SIZE, dashcam_frame, run_main, saved_labels  # noqa: E402
-from tests.runtime.test_segment import files_under, scene_model  # noqa: E402
+from tests.runtime.test_segment import REPO, files_under, scene_model  # noqa: E402
 
 ROS2 = get_typestore(Stores.ROS2_HUMBLE)
 FRONT, REAR = "/cam/front/image_raw", "/cam/rear/image_raw/compressed"
@@ -155,8 +159,9 @@ def test_two_topic_mcap_drive_in_and_out(tmp_path, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["results.mcap"]  # no temporary left
 
 
-def test_ros2_sqlite3_and_ros1_bags_with_raw_encodings(tmp_path, capsys):
+def test_ros2_sqlite3_and_mcap_bag_folders_and_a_ros1_bag_with_raw_encodings(tmp_path, capsys):
     from rosbags.rosbag1 import Writer as Writer1
+    from rosbags.rosbag2 import StoragePlugin
     from rosbags.rosbag2 import Writer as Writer2
 
     ros1 = get_typestore(Stores.ROS1_NOETIC)
@@ -165,23 +170,26 @@ def test_ros2_sqlite3_and_ros1_bags_with_raw_encodings(tmp_path, capsys):
     folder.mkdir()
     for index, frame in enumerate(frames):
         cv2.imwrite(str(folder / f"{index:06d}.png"), frame)
-    with Writer2(tmp_path / "ros2bag", version=9) as writer:  # sqlite3 storage
-        connection = writer.add_connection("/front", bags.IMAGE, typestore=ROS2)
-        for index, frame in enumerate(frames):
-            writer.write(connection, index, ROS2.serialize_cdr(image_message(ROS2, frame, index, "f", "rgb8"),
-                                                               bags.IMAGE))
+    for name, storage in (("ros2bag", StoragePlugin.SQLITE3), ("ros2mcap", StoragePlugin.MCAP)):
+        with Writer2(tmp_path / name, version=9, storage_plugin=storage) as writer:
+            connection = writer.add_connection("/front", bags.IMAGE, typestore=ROS2)
+            for index, frame in enumerate(frames):
+                writer.write(connection, index, ROS2.serialize_cdr(image_message(ROS2, frame, index, "f", "rgb8"),
+                                                                   bags.IMAGE))
     with Writer1(tmp_path / "drive.bag") as writer:
         connection = writer.add_connection("/front", "sensor_msgs/msg/Image", typestore=ros1)
         for index, frame in enumerate(frames):
             message = image_message(ros1, frame, index, "f", "mono8")
             writer.write(connection, index + 1, ros1.serialize_ros1(message, "sensor_msgs/msg/Image"))
     model = scene_model(tmp_path)
-    for source in ("ros2bag", "drive.bag", "frames"):  # one image topic: no --topic needed
+    for source in ("ros2bag", "ros2mcap", "drive.bag", "frames"):  # one image topic: no --topic needed
         code, _, stderr = run_main(capsys, "--model", model, "--source", tmp_path / source,
                                    "--save-labels", tmp_path / "labels" / source)
         assert code == 0, stderr
     rgb, folder_labels = saved_labels(tmp_path / "labels" / "ros2bag"), saved_labels(tmp_path / "labels" / "frames")
     assert len(rgb) == 4 and all(np.array_equal(a, b) for a, b in zip(rgb, folder_labels))  # rgb8 turned to BGR
+    assert all(np.array_equal(a, b) for a, b in zip(saved_labels(tmp_path / "labels" / "ros2mcap"), folder_labels,
+                                                    strict=True))
     with Segmenter(model, threads=1) as segmenter:  # mono8 is grey on all three channels
         grey = [segmenter.segment(cv2.cvtColor(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR))
                 for f in frames]
@@ -266,3 +274,74 @@ def test_damaged_bag_and_topic_on_a_video_are_one_line_errors(tmp_path, capsys):
     cv2.imwrite(str(folder / "000000.png"), dashcam_frame(0))
     code, _, stderr = run_main(capsys, "--model", scene_model(tmp_path), "--source", folder, "--topic", FRONT)
     assert code == 2 and "--topic reads a recorded drive" in stderr
+
+
+def test_a_camera_that_is_no_bag_is_stamped_from_its_frame_rate(tmp_path, capsys):
+    folder = tmp_path / "frames"  # an image folder plays at 30 frames/s
+    folder.mkdir()
+    for index in range(3):
+        cv2.imwrite(str(folder / f"{index:06d}.png"), dashcam_frame(index))
+    code, _, stderr = run_main(capsys, "--model", scene_model(tmp_path), "--source", folder,
+                               "--out-bag", tmp_path / "out.mcap")
+    assert code == 0, stderr
+    written = read_bag(tmp_path / "out.mcap")
+    assert sorted(written) == ["/cam0/segmentation/labels", "/cam0/segmentation/overlay"]
+    for messages in written.values():
+        # frame i at round(i * 1e9 / 30) ns
+        assert [stamp_ns(message) for _, message in messages] == [0, 33_333_333, 66_666_667]
+        assert [log_time for log_time, _ in messages] == [0, 33_333_333, 66_666_667]
+        assert {message.header.frame_id for _, message in messages} == {"cam0"}
+
+
+def test_a_rig_file_names_each_camera_s_topic(tmp_path, capsys):
+    drive = write_mcap(tmp_path / "drive.mcap", 3)
+    rig_file = tmp_path / "rig.yaml"
+    rig_file.write_text(f"cameras:\n  - id: rear\n    source: {drive}\n    topic: {REAR}\n"
+                        f"  - id: front\n    source: {drive}\n    topic: {FRONT}\n")
+    code, _, stderr = run_main(capsys, "--model", scene_model(tmp_path), "--rig", rig_file,
+                               "--save-labels", tmp_path / "labels", "--out-bag", tmp_path / "out.mcap")
+    assert code == 0, stderr
+    assert [len(files_under(tmp_path / "labels" / camera)) for camera in ("rear", "front")] == [3, 3]
+    assert {len(messages) for messages in read_bag(tmp_path / "out.mcap").values()} == {3}
+
+
+@pytest.mark.parametrize("options, message", [
+    (("--loop",), "--out-bag writes each input message once; drop --loop"),
+    (("--rig", "rig.yaml"), "in a rig file give each camera its `topic:`"),
+])
+def test_out_bag_with_loop_and_topic_with_a_rig_file_are_refused(tmp_path, capsys, options, message):
+    drive = write_mcap(tmp_path / "drive.mcap", 2)
+    (tmp_path / "rig.yaml").write_text(f"cameras:\n  - id: front\n    source: {drive}\n")
+    source = () if "--rig" in options else ("--source", drive)
+    code, _, stderr = run_main(capsys, "--model", scene_model(tmp_path), *source, "--topic", FRONT,
+                               *(tmp_path / o if o.endswith(".yaml") else o for o in options),
+                               "--out-bag", tmp_path / "out.mcap")
+    assert code == 2 and message in stderr
+    assert not (tmp_path / "out.mcap").exists()
+
+
+def test_ctrl_c_keeps_a_complete_bag_of_the_frames_done(tmp_path):
+    drive = write_mcap(tmp_path / "drive.mcap", 200)  # 20 frames/s: ten seconds in real time
+    out, stats, labels = tmp_path / "out" / "results.mcap", tmp_path / "stats.json", tmp_path / "labels"
+    command = [sys.executable, "-m", "runtime.segment", "--model", str(scene_model(tmp_path)), "--source", str(drive),
+               "--topic", FRONT, "--out-bag", str(out), "--save-labels", str(labels), "--json", str(stats),
+               "--realtime", "--no-progress"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(files_under(labels)) < 3 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process.poll() is None, process.communicate()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, stderr
+    summary = json.loads(stats.read_text())
+    assert summary["interrupted"] is True and 3 <= summary["frames_out"] < 200
+    written = read_bag(out)
+    assert {len(messages) for messages in written.values()} == {summary["frames_out"]}
+    assert [m.data.reshape(SIZE).tolist() for _, m in written["/cam/front/segmentation/labels"]] == \
+        [label.tolist() for label in saved_labels(labels)]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["results.mcap"]
