@@ -9,10 +9,6 @@ image folder and to --save-labels.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -30,7 +26,7 @@ from runtime import bags  # noqa: E402
 from runtime.api import Segmenter  # noqa: E402
 from runtime.video import labels_path  # noqa: E402
 from tests.runtime.test_api import SIZE, dashcam_frame, run_main, saved_labels  # noqa: E402
-from tests.runtime.test_segment import REPO, files_under, scene_model  # noqa: E402
+from tests.runtime.test_segment import files_under, interrupt_after_labels, scene_model  # noqa: E402
 
 ROS2 = get_typestore(Stores.ROS2_HUMBLE)
 FRONT, REAR = "/cam/front/image_raw", "/cam/rear/image_raw/compressed"
@@ -323,21 +319,10 @@ def test_out_bag_with_loop_and_topic_with_a_rig_file_are_refused(tmp_path, capsy
 def test_ctrl_c_keeps_a_complete_bag_of_the_frames_done(tmp_path):
     drive = write_mcap(tmp_path / "drive.mcap", 200)  # 20 frames/s: ten seconds in real time
     out, stats, labels = tmp_path / "out" / "results.mcap", tmp_path / "stats.json", tmp_path / "labels"
-    command = [sys.executable, "-m", "runtime.segment", "--model", str(scene_model(tmp_path)), "--source", str(drive),
-               "--topic", FRONT, "--out-bag", str(out), "--save-labels", str(labels), "--json", str(stats),
-               "--realtime", "--no-progress"]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 60
-        while len(files_under(labels)) < 3 and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert process.poll() is None, process.communicate()
-        process.send_signal(signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 130, stderr
+    returncode, _, stderr = interrupt_after_labels(
+        ["--model", scene_model(tmp_path), "--source", drive, "--topic", FRONT, "--out-bag", out,
+         "--save-labels", labels, "--json", stats, "--realtime", "--no-progress"], labels)
+    assert returncode == 130, stderr
     summary = json.loads(stats.read_text())
     assert summary["interrupted"] is True and 3 <= summary["frames_out"] < 200
     written = read_bag(out)
