@@ -84,8 +84,11 @@ class BagSource(Source):
         self._store = _typestore()
         self._headers: dict[int, Header] = {}
         self._reader = _McapFile(path) if path.is_file() and path.suffix.lower() == ".mcap" else _RosbagsFile(path)
-        topics = self._reader.topics
-        self.topic = self._choose_topic(topics, topic)
+        try:
+            self.topic = self._choose_topic(self._reader.topics, topic)
+        except SourceError:
+            self._reader.close()
+            raise
         self.frame_count, span_ns = self._reader.count(self.topic)
         self.fps = (self.frame_count - 1) * 1e9 / span_ns if self.frame_count and span_ns else DEFAULT_FPS
         super().__init__()
