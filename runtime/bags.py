@@ -33,6 +33,10 @@ IMAGE_TYPES = (IMAGE, COMPRESSED)
 BAG_SUFFIXES = (".mcap", ".bag")
 # The overlay topic's JPEG quality: the overlay is for looking at; the labels are lossless.
 OVERLAY_JPEG_QUALITY = 90
+# Input headers a drive source keeps for the output bag: more than the frames one camera can hold
+# between decode and encode (four queues of at most 4 frames, and one per stage), so every frame
+# written finds its header, while a run without --out-bag, or one that drops frames, keeps no more.
+HEADERS_KEPT = 64
 
 
 def is_bag(path: Path) -> bool:
@@ -73,8 +77,9 @@ def _describe(topics: dict[str, str]) -> str:
 class BagSource(Source):
     """The image messages of one topic of a drive, in the order they were logged.
 
-    Indices count the topic's messages, so a message that cannot be decoded leaves a gap; its
-    header (stamp, frame id) and log time are kept per index for the output bag (`header`).
+    Indices count the topic's messages, so a message that cannot be decoded leaves a gap; the
+    header (stamp, frame id) and log time of the last HEADERS_KEPT frames are kept for the output
+    bag (`header`).
     Reading stops at damage (a truncated or corrupt file): the frames before it are kept.
     """
 
@@ -126,6 +131,8 @@ class BagSource(Source):
                 stamp = message.header.stamp
                 self._headers[index] = Header(stamp.sec * 1_000_000_000 + stamp.nanosec, message.header.frame_id,
                                               log_time)
+                if len(self._headers) > HEADERS_KEPT:  # dicts keep insertion order: the oldest goes
+                    self._headers.pop(next(iter(self._headers)), None)
                 yield index, frame
 
     def _image(self, kind: str, message) -> np.ndarray | None:

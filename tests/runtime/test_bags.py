@@ -193,6 +193,17 @@ def test_ros2_sqlite3_and_mcap_bag_folders_and_a_ros1_bag_with_raw_encodings(tmp
                                                     strict=True))
 
 
+def test_a_drive_source_keeps_the_headers_of_the_last_frames_only(tmp_path):
+    drive = write_mcap(tmp_path / "drive.mcap", bags.HEADERS_KEPT + 6)
+    with bags.BagSource(drive, FRONT) as source:
+        indices = [index for index, _ in source]  # nothing asks for headers, as without --out-bag
+        assert indices == list(range(bags.HEADERS_KEPT + 6))
+        assert source.header(5) is None  # frames 0..5 are 64 frames back: dropped
+        assert source.header(6) == bags.Header(stamp(FRONT, 6), "front_camera", stamp(FRONT, 6) + 1_000_000)
+        assert source.header(6) is None  # given once
+        assert source.header(bags.HEADERS_KEPT + 5).stamp_ns == stamp(FRONT, bags.HEADERS_KEPT + 5)
+
+
 def test_a_truncated_mcap_keeps_the_frames_before_the_cut(tmp_path, capsys):
     whole = write_mcap(tmp_path / "whole.mcap", 12)
     data = whole.read_bytes()
