@@ -4,7 +4,7 @@
         --model models/export/gen_student_int8.onnx --video data/prepared/synthetic/video/dashcam.mp4 \
         --json metrics/benchmark.json --csv-dir plots/benchmark --markdown docs/benchmark_latest.md
 
-Levels `model`, `ops`, `e2e` (the default) and `rig`, `soak` are described in bench.measure; the
+Levels `model`, `ops`, `e2e` (the default) and `rig`, `soak`, `drive` are described in bench.measure; the
 results go to bench.report.
 Exit codes: 0 done, 2 bad input.
 """
@@ -18,10 +18,11 @@ import sys
 from pathlib import Path
 
 from bench.measure import (DEFAULT_LEVELS, DEFAULT_MODELS, DEFAULT_VIDEO, EXIT_BAD_INPUT, LEVELS, NAMED_RESOLUTIONS,
-                           BenchmarkError, bench_e2e, bench_models, bench_ops, bench_rig, bench_rig_realtime, bench_soak,
+                           BenchmarkError, bench_drive, bench_e2e, bench_models, bench_ops, bench_rig, bench_rig_realtime, bench_soak,
                            describe_machine, model_names)
 from bench.report import check_output, compare, csv_text, format_compare, load_results, render_markdown, write_plot
 from runtime import ops
+from runtime.api import THREADED_BACKENDS
 from runtime.contract import PRECISIONS, ContractError
 from runtime.engines import BACKEND_BY_SUFFIX, EngineError, input_spec, open_engine
 from runtime.files import write_text
@@ -29,9 +30,6 @@ from runtime.ops import reference
 from runtime.pipeline import thread_budget
 from runtime.redact import redact
 from runtime.video import SinkError, SourceError
-
-# CPU engines the threads budget applies to.
-THREADED_BACKENDS = ("onnxruntime", "torch")
 
 
 def parse_resolution(text: str) -> tuple[str, tuple[int, int]]:
@@ -67,7 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="rig level: camera counts, each one rig process against N segment.py processes")
     parser.add_argument("--rig-frames", type=int, default=240, metavar="N", help="rig level: frames per camera")
     parser.add_argument("--rig-precision", default="int8", choices=PRECISIONS,
-                        help="rig and soak levels run the artefact of this precision (else the first one)")
+                        help="rig, soak and drive levels run the artefact of this precision (else the first one)")
+    parser.add_argument("--drive-frames", type=int, default=240, metavar="N",
+                        help="drive level: frames of the video recorded on each of the drive's two topics")
     parser.add_argument("--soak-frames", type=int, default=2000, metavar="N",
                         help="soak level: frames of the looped video (the documented long run is 20000)")
     parser.add_argument("--soak-window", type=int, default=1000, metavar="N",
@@ -86,7 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--compare", type=Path, metavar="OLD.json", help="print new/old of every shared metric")
     args = parser.parse_args(argv)
     for name, minimum in (("warmup", 0), ("iters", 1), ("frames", 1), ("threads", 1), ("op_threads", 1),
-                          ("classes", 1), ("rig_frames", 1), ("soak_frames", 1), ("soak_window", 1)):
+                          ("classes", 1), ("rig_frames", 1), ("soak_frames", 1), ("soak_window", 1),
+                          ("drive_frames", 1)):
         value = getattr(args, name)
         if value is not None and value < minimum:
             parser.error(f"--{name} must be >= {minimum}, got {value}")
@@ -111,7 +112,7 @@ def demo_source(path: Path) -> str:
 
 def resolve_models(args) -> list[Path]:
     """The artefacts to time; with the ops level alone, the first one (if any) as its load."""
-    needed = {"model", "e2e", "rig", "soak"} & set(args.levels)
+    needed = {"model", "e2e", "rig", "soak", "drive"} & set(args.levels)
     models = args.model or sorted(DEFAULT_MODELS.glob("*.onnx"))
     if not needed:
         models = models[:1]
@@ -137,7 +138,7 @@ def benchmark(args) -> dict:
     models = resolve_models(args)
     if args.demo is not None:
         args.video = demo_source(args.demo)
-    if {"e2e", "rig", "soak"} & set(args.levels) and not Path(args.video).exists():
+    if {"e2e", "rig", "soak", "drive"} & set(args.levels) and not Path(args.video).exists():
         raise BenchmarkError(f"video {redact(args.video)}: no such file or folder; run `dvc repro prepare` or fix "
                              "--video")
     resolutions = [parse_resolution(text) for text in args.resolutions]
@@ -171,15 +172,18 @@ def benchmark(args) -> dict:
             model_fps = results.get("model", {}).get(name, {}).get("fps")
             results["e2e"][name], samples = bench_e2e(engines[name], args.video, args.frames, args.encode, model_fps)
             series["e2e"].update({f"{name}/{key}": values for key, values in samples.items()})
-        rig_name = e2e_models(engines, [args.rig_precision])[0] if {"rig", "soak"} & set(args.levels) else None
+        rig_name = e2e_models(engines, [args.rig_precision])[0] if {"rig", "soak", "drive"} & set(args.levels) \
+            else None
+        thread_args = [item for flag, value in (("--threads", args.threads), ("--op-threads", args.op_threads))
+                       if value is not None for item in (flag, str(value))]
+        rig_model = dict(zip(engines, models)).get(rig_name)
         if "rig" in args.levels:
-            thread_args = [item for flag, value in (("--threads", args.threads), ("--op-threads", args.op_threads))
-                           if value is not None for item in (flag, str(value))]
-            rig_model = dict(zip(engines, models))[rig_name]
             results["rig"] = bench_rig(rig_model, str(args.video), args.rig_cameras, args.rig_frames, args.encode,
                                        thread_args)
             results["rig_realtime"] = bench_rig_realtime(rig_model, str(args.video), max(args.rig_cameras),
                                                          args.rig_frames, args.encode, thread_args)
+        if "drive" in args.levels:
+            results["drive"] = bench_drive(rig_model, str(args.video), args.drive_frames, thread_args)
         if "soak" in args.levels:
             results["soak"] = bench_soak(engines[rig_name], str(args.video), args.soak_frames, args.soak_window,
                                          args.encode)
@@ -193,7 +197,8 @@ def benchmark(args) -> dict:
                          "resolutions": [label for label, _ in resolutions], "video": redact(args.video),
                          "e2e_models": e2e_names, "ops_load_model": load if "ops" in args.levels else None,
                          "rig_model": rig_name, "rig_cameras": args.rig_cameras, "rig_frames": args.rig_frames,
-                         "soak_frames": args.soak_frames, "soak_window": args.soak_window, "encode": args.encode}
+                         "soak_frames": args.soak_frames, "soak_window": args.soak_window, "encode": args.encode,
+                         "drive_frames": args.drive_frames}
     results["machine"] = describe_machine()
 
     markdown = render_markdown(results)

@@ -9,12 +9,15 @@ pipeline's budget (runtime.pipeline.thread_budget). Within a level the candidate
 round robin, one call each per iteration, so a noisy machine slows them alike and their
 ratios hold.
 
-Levels `rig` and `soak` (not run unless named in --levels): `rig` runs N = 1, 2, 4 copies of the
+Levels `rig`, `soak` and `drive` (not run unless named in --levels): `rig` runs N = 1, 2, 4 copies of the
 video through one segment.py rig process and through N separate segment.py processes started
 together on the same cores (what a user does without the rig), comparing aggregate FPS, the worst
 camera's p99 glass to glass and peak resident memory; `soak` loops the video through one camera
 for a fixed number of frames and records resident memory, open file descriptors and p99 glass to
-glass per window of frames, the signs of drift over hours.
+glass per window of frames, the signs of drift over hours; `drive` records the video's frames as a
+2-topic MCAP drive and segments it end to end into an output bag, against the same frames read
+twice from the video into overlay videos, so its FPS ratio shows whether reading and writing bags
+costs frames.
 """
 from __future__ import annotations
 
@@ -44,8 +47,10 @@ from runtime.rig import Feed
 from runtime.video import NullSink, VideoSink, open_source
 
 EXIT_BAD_INPUT = 2
-LEVELS = ("model", "ops", "e2e", "rig", "soak")
-DEFAULT_LEVELS = ("model", "ops", "e2e")  # rig and soak take minutes: run when named
+LEVELS = ("model", "ops", "e2e", "rig", "soak", "drive")
+DEFAULT_LEVELS = ("model", "ops", "e2e")  # rig, soak and drive take minutes: run when named
+# The drive level's camera topics (JPEG, as dashcam loggers record them).
+DRIVE_TOPICS = ("/camera/front/image_raw/compressed", "/camera/rear/image_raw/compressed")
 SEGMENT = Path(__file__).resolve().parents[1] / "runtime" / "segment.py"
 # How often the rig level reads its processes' resident memory.
 RSS_POLL_S = 0.05
@@ -392,6 +397,49 @@ def bench_e2e(engine, video: str, frames: int, encode: bool, model_fps: float | 
 
 
 # --------------------------------------------------------------------------- rig and soak
+
+
+def write_drive(video: str, path: Path, frames: int, topics=DRIVE_TOPICS) -> int:
+    """The video's first `frames` frames as a drive: one JPEG CompressedImage per frame on every
+    topic, stamped at the video's frame rate. Returns the frames written."""
+    from runtime.bags import ImageMcap
+
+    written = 0
+    with open_source(video) as source, path.open("wb") as stream:
+        drive = ImageMcap(stream)
+        channels = [drive.channel(topic, "sensor_msgs/msg/CompressedImage") for topic in topics]
+        for index, frame in source:
+            if written == frames:
+                break
+            stamp = round(index * 1e9 / source.fps)
+            for channel, topic in zip(channels, topics):
+                drive.jpeg(channel, drive.header(stamp, topic.split("/")[2]), frame, stamp, quality=95)
+            written += 1
+        drive.finish()
+    return written
+
+
+def bench_drive(model: Path, video: str, frames: int, thread_args: list[str], timeout_s: float = 3600) -> dict:
+    """{"mp4": record, "drive": record, "fps_ratio": drive / mp4} (rig_record): the video's frames as
+    a 2-topic MCAP drive segmented into an output bag (labels and JPEG overlays), against the same
+    frames from the video, given twice, into two H.264 overlay videos; one segment.py process each."""
+    with tempfile.TemporaryDirectory(prefix="stpg-bench-drive-") as scratch:
+        scratch = Path(scratch)
+        drive = scratch / "drive.mcap"
+        count = write_drive(video, drive, frames)
+        common = [sys.executable, str(SEGMENT), "--model", str(model), "--max-frames", str(count), "--no-progress",
+                  *thread_args]
+        records = {}
+        for name, arguments in (("mp4", ["--source", video, "--source", video, "--out", str(scratch / "mp4")]),
+                                ("drive", ["--source", str(drive), *[item for topic in DRIVE_TOPICS
+                                                                     for item in ("--topic", topic)],
+                                           "--out-bag", str(scratch / "out.mcap")])):
+            summary = scratch / f"{name}.json"
+            peaks = run_together([common + arguments + ["--json", str(summary)]], timeout_s)
+            records[name] = rig_record([json.loads(summary.read_text())], peaks)
+    mp4_fps = records["mp4"]["fps"]
+    return {"frames": count, "topics": list(DRIVE_TOPICS), **records,
+            "fps_ratio": records["drive"]["fps"] / mp4_fps if mp4_fps else None}
 
 
 def resident_bytes(pid: int | str = "self") -> int | None:

@@ -130,6 +130,8 @@ def render_markdown(results: dict) -> str:
         lines += rig_markdown(results)
     if "soak" in results:
         lines += soak_markdown(results)
+    if "drive" in results:
+        lines += drive_markdown(results)
     return "\n".join(lines)
 
 
@@ -159,6 +161,22 @@ def rig_markdown(results: dict) -> list[str]:
                   f"+{spread}), dropped {', '.join(map(str, live['dropped']))}; worst p99 glass to glass "
                   f"{_ms(live['worst_p99_glass_to_glass_ms'])} ms, {_ratio(live['p99_over_infer'])} one inference's p50 "
                   f"({_ms(live['infer_p50_ms'])} ms).", ""]
+    return lines
+
+
+def drive_markdown(results: dict) -> list[str]:
+    drive, config = results["drive"], results["config"]
+    lines = [f"## Recorded drive ({config['rig_model']}, {config['video']}, {drive['frames']} frames per camera)", "",
+             f"The frames as an MCAP drive of {len(drive['topics'])} JPEG topics, segmented into an output bag (labels "
+             "and JPEG overlays per camera), against the same frames read from the video, once per camera, into H.264 "
+             "overlay videos; one segment.py process each, aggregate FPS over both cameras.", "",
+             "| input | output | aggregate FPS | slowest camera FPS | worst p99 glass to glass ms | resident MB |",
+             "|---|---|---|---|---|---|"]
+    for name, output in (("mp4", "H.264 overlays"), ("drive", "output bag")):
+        row = drive[name]
+        lines.append(f"| {'video' if name == 'mp4' else 'MCAP drive'} | {output} | {_ms(row['fps'])} "
+                     f"| {_ms(min(row['camera_fps']))} | {_ms(row['worst_p99_glass_to_glass_ms'])} | {row['rss_mb']:.0f} |")
+    lines += ["", f"Drive / video: {_ratio(drive['fps_ratio'])} the FPS.", ""]
     return lines
 
 

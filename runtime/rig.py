@@ -12,6 +12,9 @@ Cameras come from `--source` given once or more (ids cam0, cam1, ...) or from a 
       - id: rear
         source: rear.mp4
         loop: true
+      - id: side
+        source: drive.mcap
+        topic: /camera/side/image_raw
 
 With several cameras `--out DIR` writes `DIR/<id>.mp4` and `--save-labels DIR` writes
 `DIR/<id>/<frame>.png` for every camera the file gives no output of its own. Relative paths
@@ -30,7 +33,7 @@ from typing import Callable, Iterator
 
 from runtime.video import Source, SourceError, open_source
 
-CAMERA_KEYS = ("id", "source", "out", "save_labels", "realtime", "loop")
+CAMERA_KEYS = ("id", "source", "topic", "out", "save_labels", "realtime", "loop")
 CAMERA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 ENV_REFERENCE = re.compile(r"\$\{(" + ENV_NAME + r")\}")
@@ -55,6 +58,7 @@ class CameraSpec:
     save_labels: Path | None = None
     realtime: bool = False
     loop: bool = False
+    topic: str | None = None  # the image topic of a recorded drive (runtime.bags)
 
 
 def _check_id(camera_id, where: str) -> str:
@@ -113,21 +117,28 @@ def load_rig_file(path: Path) -> list[CameraSpec]:
             id=_check_id(entry["id"], where), source=from_environment(str(entry["source"]), where),
             out=Path(entry["out"]) if entry.get("out") else None,
             save_labels=Path(entry["save_labels"]) if entry.get("save_labels") else None,
-            realtime=entry.get("realtime", False), loop=entry.get("loop", False)))
+            realtime=entry.get("realtime", False), loop=entry.get("loop", False),
+            topic=str(entry["topic"]) if entry.get("topic") else None))
     return specs
 
 
 def camera_specs(args) -> list[CameraSpec]:
-    """The cameras of a segment.py command line: its --source(s) or its --rig file, with the
-    shared --out / --save-labels / --realtime / --loop applied."""
+    """The cameras of a segment.py command line: its --source(s) (each with each --topic: one camera
+    per topic of a drive) or its --rig file, with the shared --out / --save-labels / --realtime /
+    --loop applied."""
     for name in args.source_env:
         if not re.fullmatch(ENV_NAME, name):
             raise RigError(f"--source-env {name!r}: not an environment variable name; give one such as CAM_FRONT")
     sources = [*args.source, *(from_environment(f"${{{name}}}", f"--source-env {name}") for name in args.source_env)]
-    if args.rig is None and len(sources) == 1:  # the single stream: outputs named as given
-        return [CameraSpec("cam0", sources[0], args.out, args.save_labels, args.realtime, args.loop)]
+    if args.rig is not None and args.topic:
+        raise RigError("--topic names the cameras of --source drives; in a rig file give each camera its `topic:`")
+    if args.out_bag is not None and args.loop:
+        raise RigError("--out-bag writes each input message once; drop --loop")
+    feeds = [(source, topic) for source in sources for topic in (args.topic or [None])]
+    if args.rig is None and len(feeds) == 1:  # the single stream: outputs named as given
+        return [CameraSpec("cam0", sources[0], args.out, args.save_labels, args.realtime, args.loop, feeds[0][1])]
     specs = load_rig_file(args.rig) if args.rig is not None else [
-        CameraSpec(f"cam{number}", source) for number, source in enumerate(sources)]
+        CameraSpec(f"cam{number}", source, topic=topic) for number, (source, topic) in enumerate(feeds)]
     if args.out is not None and args.out.suffix.lower() in (".mp4", ".mov", ".mkv", ".avi"):
         raise RigError(f"--out {args.out}: with several cameras --out names a folder (one <camera id>.mp4 each); "
                        "give a folder such as runs/")

@@ -2,20 +2,25 @@
 
     python runtime/segment.py --model models/export/gen_student.onnx --source dashcam.mp4 --out overlay.mp4
     python runtime/segment.py --model models/export/gen_student.onnx --rig rig.yaml --out runs/ --json rig.json
+    python runtime/segment.py --model models/export/gen_student.onnx --source drive.mcap \
+        --topic /camera/front/image_raw --topic /camera/rear/image_raw --out-bag results.mcap
 
 Writes an overlay video and/or per-frame label PNGs, shows progress on stderr and prints a
 latency summary at the end. Several cameras (--source more than once, or --rig) run in one
 process on one engine: --out DIR writes DIR/<camera id>.mp4, --save-labels DIR writes
-DIR/<camera id>/, and --json writes one rig summary holding every camera's (runtime/rig.py). With --gt-labels it also scores the labels (mIoU), which is how
+DIR/<camera id>/, and --json writes one rig summary holding every camera's (runtime/rig.py).
+Recorded drives (ROS 1/2 bags, MCAP) are read one camera per --topic, and --out-bag writes the
+labels and overlays of every camera as topics of one MCAP file (runtime/bags.py). With --gt-labels it also scores the labels (mIoU), which is how
 the `segment_demo` stage checks the deployed model on the synthetic dashcam clip.
 Exit codes: 0 done, 2 bad input (one line on stderr, nothing written), 130 Ctrl-C and 143
 SIGTERM (a service manager stopping it; either way the output written so far is kept as a
-valid file).
+valid file). The model runs through runtime.Segmenter, the API an embedding uses (one code path).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -29,14 +34,16 @@ if __package__ in (None, ""):  # run as a script: make the `runtime` package imp
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from runtime import files, ops, rig  # noqa: E402
+from runtime import files, rig  # noqa: E402
+from runtime.api import Segmenter  # noqa: E402
+from runtime.bags import BagWriter  # noqa: E402
 from runtime.contract import ContractError  # noqa: E402
-from runtime.engines import BACKEND_BY_SUFFIX, BACKENDS, EngineError, open_engine  # noqa: E402
+from runtime.engines import BACKENDS, EngineError  # noqa: E402
 from runtime.ops import OpsInputError  # noqa: E402
-from runtime.gpu_path import DEVICES, open_processor  # noqa: E402
+from runtime.gpu_path import DEVICES  # noqa: E402
 from runtime.redact import redact  # noqa: E402
 from runtime.pipeline import (GLASS_TO_GLASS, LETTERBOX_MODES, LETTERBOX_TOLERANCE, STAGES, Camera,  # noqa: E402
-                              ThreadBudget, abort_sinks, run_rig, thread_budget)
+                              ThreadBudget, abort_sinks, run_rig)
 from runtime.scoring import confusion_matrix, iou_per_class, mean_iou  # noqa: E402
 from runtime.video import (LabelSink, NullSink, Sink, SinkError, SourceError, VideoSink, existing_kind,  # noqa: E402
                            labels_path, make_output_folder, open_source, temp_file_in, write_failure)
@@ -46,7 +53,6 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 128 + signal.SIGTERM
 # Corrupt files named in the summary table; the JSON lists them all.
 SHOWN_CORRUPT_FILES = 5
-THREADED_BACKENDS = ("onnxruntime", "torch")
 
 
 class GroundTruthError(ValueError):
@@ -173,11 +179,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--source-env", action="append", default=[], metavar="NAME",
                         help="a --source taken from environment variable NAME, so a camera URL with its password "
                         "is not on the command line (which every user sees in ps); repeatable, after the --source ones")
+    parser.add_argument("--topic", action="append", default=[],
+                        help="image topic (sensor_msgs/Image or CompressedImage) of a --source drive: .mcap, ROS 1 "
+                        ".bag or ROS 2 bag folder; repeat it for a rig of one camera per topic (default: the drive's "
+                        "only image topic)")
     parser.add_argument("--rig", type=Path, metavar="RIG.yaml",
                         help="run the cameras this file names (id, source, out, save_labels, realtime, loop) "
                         "instead of --source; see README.md")
     parser.add_argument("--out", type=Path, help="overlay video to write (.mp4); with several cameras a folder "
                         "that gets <camera id>.mp4 each")
+    parser.add_argument("--out-bag", type=Path, metavar="FILE.mcap",
+                        help="write every camera's labels (sensor_msgs/Image mono8) and overlay (CompressedImage "
+                        "JPEG) to this MCAP file, on topics beside the input's (.../segmentation/labels, "
+                        ".../segmentation/overlay) with the input messages' stamps and frame ids")
     parser.add_argument("--backend", default="auto", choices=("auto", *BACKENDS))
     parser.add_argument("--device", default="cpu", choices=DEVICES,
                         help="cpu: C ops on the host (default); cuda: the GPU frame path (CUDA ops, and TensorRT "
@@ -220,18 +234,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def choose_threads(args) -> ThreadBudget:
-    """The split of the cores between the engine and the ops (the engine's part only where it
-    runs on the CPU)."""
-    backend = BACKEND_BY_SUFFIX.get(Path(args.model).suffix) if args.backend == "auto" else args.backend
-    return thread_budget(args.threads, args.op_threads, cpu_inference=backend in THREADED_BACKENDS)
-
-
-def open_model(args, budget: ThreadBudget):
-    extra = {"threads": budget.inference} if budget.inference is not None else {}
-    return open_engine(args.model, backend=args.backend, **extra)
-
-
 def segment(args: argparse.Namespace) -> int:
     """Run the CLI once; user errors surface as the exceptions `main` turns into exit code 2.
 
@@ -244,32 +246,37 @@ def segment(args: argparse.Namespace) -> int:
         raise rig.RigError("--gt-labels scores one stream; give a single --source to score it")
     if args.json is not None:
         check_writable(args.json)
-    budget = choose_threads(args)
-    ops.set_num_threads(budget.ops)
     with contextlib.ExitStack() as stack:
-        feeds = [stack.enter_context(rig.Feed(open_source(camera.source), loop=camera.loop)) for camera in cameras]
+        feeds = []
+        for camera in cameras:
+            opener = open_source if camera.topic is None else functools.partial(open_source, topic=camera.topic)
+            feeds.append(stack.enter_context(rig.Feed(opener(camera.source), loop=camera.loop, opener=opener)))
         sinks: dict[str, list[Sink]] = {camera.id: [] for camera in cameras}
         try:
+            bag = BagWriter(args.out_bag) if args.out_bag is not None else None
             for camera, feed in zip(cameras, feeds):
+                if bag is not None:
+                    sinks[camera.id].append(bag.sink(camera.id, camera.topic, _headers(feed.source), feed.fps))
                 if camera.out is not None:
                     sinks[camera.id].append(VideoSink(camera.out, feed.fps, feed.size))
                 if camera.save_labels is not None:
                     sinks[camera.id].append(LabelSink(camera.save_labels))
-            with open_model(args, budget) as engine:
+            with Segmenter(args.model, args.device, args.threads, op_threads=args.op_threads,
+                           letterbox=args.letterbox, alpha=args.alpha, backend=args.backend) as segmenter:
                 scorer = None
                 if args.gt_labels is not None:
-                    scorer = GroundTruthScorer(args.gt_labels, engine.contract.num_classes)
+                    scorer = GroundTruthScorer(args.gt_labels, segmenter.contract.num_classes)
                     sinks[cameras[0].id].append(scorer)
-                processor = open_processor(engine, args.device, alpha=args.alpha)
-                processor.letterbox = args.letterbox
+                processor = segmenter.processor
                 stats = _run_with_progress(args, cameras, feeds, processor, sinks)
                 per_camera = {camera.id: camera_summary(stats.cameras[camera.id], camera, feed, processor, args)
                               for camera, feed in zip(cameras, feeds)}
-                shared = {"model": str(args.model), "engine": engine.describe(), "threads": budget.summary()}
+                shared = {"model": str(args.model), "engine": segmenter.describe(),
+                          "threads": segmenter.threads.summary()}
                 if len(cameras) == 1:
                     summary = {**per_camera[cameras[0].id], **shared}
                     if scorer is not None:
-                        summary.update(scorer.report(engine.contract.classes))
+                        summary.update(scorer.report(segmenter.contract.classes))
                 else:
                     summary = rig_summary(stats, per_camera, shared)
         except BaseException:
@@ -289,6 +296,7 @@ def camera_summary(stats, camera: rig.CameraSpec, feed: rig.Feed, processor, arg
     """One camera's counts and latencies with what it ran on; a failure and outages where it had them."""
     summary = stats.summary()
     summary.update(source=redact(camera.source), realtime=camera.realtime or feed.is_live,
+                   **({"topic": camera.topic} if camera.topic is not None else {}),
                    corrupt_files=feed.corrupt_files,
                    letterbox={"mode": args.letterbox, "region": processor.region(feed.size[::-1])})
     if stats.error is not None:
@@ -296,6 +304,11 @@ def camera_summary(stats, camera: rig.CameraSpec, feed: rig.Feed, processor, arg
     if feed.is_live:
         summary["outages"] = stats.outages
     return summary
+
+
+def _headers(source):
+    """The input headers of a drive's frames (runtime.bags.BagSource.header); none for other sources."""
+    return getattr(source, "header", lambda index: None)
 
 
 def rig_summary(stats, per_camera: dict, shared: dict) -> dict:

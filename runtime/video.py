@@ -1,4 +1,4 @@
-"""Frame sources (video file, camera, stream URL, image folder) and output sinks.
+"""Frame sources (video file, camera, stream URL, image folder; recorded drives in runtime/bags.py) and output sinks.
 
 Sources yield `(index, frame_bgr)`; a frame that fails to decode in the middle of a file is
 skipped and counted instead of ending the run, because dashcam recordings are routinely
@@ -203,10 +203,13 @@ class ImageFolderSource(Source):
         return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
 
 
-def open_source(spec: str | int | os.PathLike, *, folder_fps: float = DEFAULT_FPS) -> Source:
-    """Open a camera index ("0"), an rtsp:// / http(s):// URL, an image folder or a video file.
-    Messages name a URL without its user and password (runtime.redact)."""
+def open_source(spec: str | int | os.PathLike, *, folder_fps: float = DEFAULT_FPS, topic: str | None = None) -> Source:
+    """Open a camera index ("0"), an rtsp:// / http(s):// URL, an image folder, a video file or a
+    recorded drive (runtime.bags; `topic` picks its camera). Messages name a URL without its user
+    and password (runtime.redact)."""
     text = str(spec)
+    if topic is not None and (text.isdigit() or "://" in text):
+        raise _topic_without_drive(text)
     if text.isdigit():
         capture = cv2.VideoCapture(int(text))
         if not capture.isOpened():
@@ -220,6 +223,13 @@ def open_source(spec: str | int | os.PathLike, *, folder_fps: float = DEFAULT_FP
         return CaptureSource(text, capture, is_live=True)
     path = Path(text)
     kind = existing_kind(path, "source", SourceError)
+    if kind is not None:
+        from runtime import bags
+
+        if bags.is_bag(path):
+            return bags.BagSource(path, topic)
+        if topic is not None:
+            raise _topic_without_drive(text)
     if kind == "folder":
         return ImageFolderSource(path, folder_fps)
     if kind is None:
@@ -232,6 +242,11 @@ def open_source(spec: str | int | os.PathLike, *, folder_fps: float = DEFAULT_FP
             f"source {text}: cannot be opened as a video (unsupported, damaged or truncated file); "
             "check that it plays")
     return CaptureSource(text, capture, is_live=False)
+
+
+def _topic_without_drive(text: str) -> SourceError:
+    return SourceError(f"source {redact(text)}: --topic reads a recorded drive (.mcap, .bag or a ROS 2 bag folder), "
+                       "this is none; drop --topic or give the drive")
 
 
 class Sink:
@@ -334,13 +349,36 @@ def h264_encoder() -> str | None:
     return None
 
 
+class PartFile:
+    """The temporary file an output is written to before its rename: beside it, named after it
+    and locked while written, so that the next run for the same output can tell a killed run's
+    leftover (removed here) from a live writer's file."""
+
+    def __init__(self, path: Path, what: str, extension: str):
+        suffix = f".{hashlib.sha256(os.fsencode(path.name)).hexdigest()[:8]}.part{extension}"
+        remove_stale_temporaries(path.parent, suffix)
+        self.name = temp_file_in(path.parent, what, path, suffix)
+        self._lock: int | None = os.open(self.name, os.O_RDONLY)
+        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def remove(self) -> None:
+        """Delete it (the output was aborted) and let go of the lock."""
+        if os.path.exists(self.name):
+            os.unlink(self.name)
+        self.unlock()
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+
 class VideoSink(Sink):
     """MP4 overlay video: H.264 through PyAV where available, else OpenCV's MPEG-4 part 2.
 
     4:2:0 video needs even dimensions, so an odd-sized frame is padded by one edge row/column;
-    a frame of another size than `size` (an image folder of mixed sizes) is scaled to it. The
-    temporary is named after the output and locked while written, so the next run for the same
-    output can tell a killed run's leftover from a live writer's file and remove it.
+    a frame of another size than `size` (an image folder of mixed sizes) is scaled to it. It is
+    written to a PartFile.
     """
 
     needs_overlay = True
@@ -355,11 +393,8 @@ class VideoSink(Sink):
         self.encoded_size = (self.size[0] + self.size[0] % 2, self.size[1] + self.size[1] % 2)
         self.fps = float(fps) if fps and fps > 0 else DEFAULT_FPS
         self.frames_written = 0
-        suffix = f".{hashlib.sha256(os.fsencode(self.path.name)).hexdigest()[:8]}.part.mp4"
-        remove_stale_temporaries(self.path.parent, suffix)
-        self._temp = temp_file_in(self.path.parent, "output", self.path, suffix)
-        self._lock = os.open(self._temp, os.O_RDONLY)
-        fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._part = PartFile(self.path, "output", ".mp4")
+        self._temp = self._part.name
         self._container = self._writer = None
         try:
             encoder = h264_encoder()
@@ -429,7 +464,7 @@ class VideoSink(Sink):
         except BaseException:
             self.abort()
             raise
-        self._unlock()
+        self._part.unlock()
 
     def abort(self) -> None:
         try:
@@ -439,14 +474,7 @@ class VideoSink(Sink):
                 self._container.close()
         except Exception:  # the file is being thrown away; a failing flush does not matter
             pass
-        if os.path.exists(self._temp):
-            os.unlink(self._temp)
-        self._unlock()
-
-    def _unlock(self) -> None:
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        self._part.remove()
 
 
 def labels_path(folder: str | os.PathLike, index: int) -> Path:

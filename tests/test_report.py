@@ -165,3 +165,16 @@ def test_rig_block_renders_the_benchmark_s_rig_and_soak_levels(monkeypatch):
     assert text.startswith("#### Rig (gen_student_int8, clip.mp4, 120 frames per camera, offline into H.264)")
     assert "| 1 | rig | 1 | 16.00 | 16.00 | 50.00 | 200 |" in text and "#### Soak" in text
     assert "| 1000 | 250.0 | 20 | 400.00 |" in text
+
+
+def test_drive_block_renders_the_benchmark_s_drive_level(monkeypatch):
+    monkeypatch.setattr(report, "_stale", lambda: {})
+    assert report.render_drive(None) == report.render_drive({"rig": {}}) == "Not measured yet: run `dvc repro benchmark`."
+    run = lambda fps: {"processes": 1, "fps": fps, "camera_fps": [fps / 2, fps / 2],  # noqa: E731
+                       "worst_p99_glass_to_glass_ms": 80.0, "rss_mb": 300.0}
+    bench = {"config": {"rig_model": "gen_student_int8", "video": "clip.mp4"},
+             "drive": {"frames": 240, "topics": ["/a", "/b"], "mp4": run(20.0), "drive": run(19.0), "fps_ratio": 0.95}}
+    text = report.render_drive(bench)
+    assert text.startswith("#### Recorded drive (gen_student_int8, clip.mp4, 240 frames per camera)")
+    assert "| video | H.264 overlays | 20.00 | 10.00 | 80.00 | 300 |" in text
+    assert "| MCAP drive | output bag | 19.00 | 9.50 | 80.00 | 300 |" in text and "Drive / video: 0.95x the FPS." in text

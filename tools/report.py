@@ -26,7 +26,7 @@ from training import params
 METRICS = Path("metrics")
 # Where the metrics are read from: the working tree (rendering), or a commit (--check).
 SOURCE = Revision(None)
-TARGETS = {"README.md": ("rig", "ssl_benchmark", "demo", "export"), "docs/ssl_benchmark.md": ("ssl_benchmark", "ssl_signals", "ssl_precision",
+TARGETS = {"README.md": ("rig", "drive", "ssl_benchmark", "demo", "export"), "docs/ssl_benchmark.md": ("ssl_benchmark", "ssl_signals", "ssl_precision",
                                                                                        "ssl_history"),
            "docs/benchmarks.md": ("latency",)}
 
@@ -247,6 +247,17 @@ def render_rig(benchmark: dict | None) -> str:
     return text + (f"\n\n{note}" if note else "")
 
 
+def render_drive(benchmark: dict | None) -> str:
+    """The drive level of the benchmark stage: a recorded MCAP drive against the same frames from the video."""
+    if not benchmark or "drive" not in benchmark:
+        return _not_measured("dvc repro benchmark")
+    from bench.report import drive_markdown
+
+    text = "\n".join(drive_markdown(benchmark)).replace("## ", "#### ").rstrip("\n")
+    note = stale_note({"benchmark": "metrics/benchmark.json"}, "the table")
+    return text + (f"\n\n{note}" if note else "")
+
+
 def _rows(folder: Path) -> list[dict]:
     return [_read(folder / name) for name in _listing(folder) if re.fullmatch(r".+-.+\.json", name)]
 
@@ -298,6 +309,7 @@ def blocks() -> dict[str, str]:
         "export": render_export(_load("export.json")),
         "latency": render_latency(_load("benchmark.json")),
         "rig": render_rig(_load("benchmark.json")),
+        "drive": render_drive(_load("benchmark.json")),
     }
 
 

@@ -422,3 +422,32 @@ def test_rig_record_by_hand():
 def test_soak_shorter_than_a_window_is_exit_2():
     result = run_cli("--levels", "soak", "--soak-frames", 5, "--soak-window", 10)
     assert result.returncode == 2 and "--soak-frames (5) must be at least one --soak-window (10)" in result.stderr
+
+
+def test_drive_level_records_the_video_as_a_drive_and_compares_the_fps(inputs, tmp_path):
+    pytest.importorskip("rosbags")
+    models, frames = inputs
+    out = tmp_path / "out"
+    result = run_cli("--model", models[1], "--video", frames, "--levels", "drive", "--drive-frames", 3,
+                     "--threads", 1, "--json", out / "bench.json", "--markdown", out / "bench.md")
+    assert result.returncode == 0, result.stderr
+    drive = json.loads((out / "bench.json").read_text())["drive"]
+    assert drive["frames"] == 3 and drive["topics"] == list(measure.DRIVE_TOPICS)
+    for name in ("mp4", "drive"):  # two cameras of 3 frames each, in one process
+        assert drive[name]["frames"] == 6 and drive[name]["processes"] == 1 and len(drive[name]["camera_fps"]) == 2
+    assert drive["fps_ratio"] == pytest.approx(drive["drive"]["fps"] / drive["mp4"]["fps"])
+    markdown = (out / "bench.md").read_text()
+    assert "## Recorded drive (tiny_int8," in markdown and "| MCAP drive | output bag |" in markdown
+    assert f"Drive / video: {drive['fps_ratio']:.2f}x the FPS." in markdown
+
+
+def test_write_drive_stamps_the_frames_at_the_video_rate(inputs, tmp_path):
+    rosbags = pytest.importorskip("rosbags.highlevel")
+    _, frames = inputs  # a 4-frame folder, played at 30 frames/s
+    assert measure.write_drive(str(frames), tmp_path / "drive.mcap", 3) == 3
+    with rosbags.AnyReader([tmp_path / "drive.mcap"]) as reader:
+        assert sorted(c.topic for c in reader.connections) == sorted(measure.DRIVE_TOPICS)
+        stamps = [(connection.topic, timestamp) for connection, timestamp, _ in reader.messages()]
+    # frame i at round(i * 1e9 / 30) ns: 0, 33333333, 66666667 on each topic
+    for topic in measure.DRIVE_TOPICS:
+        assert [stamp for name, stamp in stamps if name == topic] == [0, 33_333_333, 66_666_667]

@@ -244,19 +244,13 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, make, mess
     assert files_under(out) == before
 
 
-def test_ctrl_c_keeps_a_valid_video_of_the_frames_done(tmp_path):
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for index in range(300):
-        cv2.imwrite(str(frames / f"{index:06d}.png"), np.full((24, 32, 3), index % 256, np.uint8))
-    out, labels, stats = tmp_path / "overlay.mp4", tmp_path / "labels", tmp_path / "stats.json"
-    # --realtime plays the folder at 30 frames/s, so the run lasts ten seconds unless interrupted.
-    command = [sys.executable, "-m", "runtime.segment", "--model", str(scene_model(tmp_path)), "--source", str(frames),
-               "--out", str(out), "--save-labels", str(labels), "--json", str(stats), "--realtime", "--no-progress"]
+def interrupt_after_labels(args, labels: Path, count: int = 3):
+    """Run segment.py, Ctrl-C it once `count` label PNGs are in `labels`: (exit code, stdout, stderr)."""
+    command = [sys.executable, "-m", "runtime.segment", *map(str, args)]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
-        while len(files_under(labels)) < 3 and process.poll() is None and time.monotonic() < deadline:
+        while len(files_under(labels)) < count and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert process.poll() is None, process.communicate()
         process.send_signal(signal.SIGINT)
@@ -264,7 +258,20 @@ def test_ctrl_c_keeps_a_valid_video_of_the_frames_done(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
-    assert process.returncode == 130, stderr
+    return process.returncode, stdout, stderr
+
+
+def test_ctrl_c_keeps_a_valid_video_of_the_frames_done(tmp_path):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(300):
+        cv2.imwrite(str(frames / f"{index:06d}.png"), np.full((24, 32, 3), index % 256, np.uint8))
+    out, labels, stats = tmp_path / "overlay.mp4", tmp_path / "labels", tmp_path / "stats.json"
+    # --realtime plays the folder at 30 frames/s, so the run lasts ten seconds unless interrupted.
+    returncode, stdout, stderr = interrupt_after_labels(
+        ["--model", scene_model(tmp_path), "--source", frames, "--out", out, "--save-labels", labels, "--json", stats,
+         "--realtime", "--no-progress"], labels)
+    assert returncode == 130, stderr
     count, size = video_facts(out)
     summary = json.loads(stats.read_text())
     assert summary["interrupted"] is True

@@ -252,7 +252,7 @@ def test_video_sink_removes_a_killed_runs_temporary_of_the_same_output_only(tmp_
     first = VideoSink(tmp_path / "overlay.mp4", fps=10, size=(32, 24))
     live = VideoSink(tmp_path / "other.mp4", fps=10, size=(32, 24))
     leftover = Path(first._temp)
-    first._unlock()  # as a SIGKILL leaves it: the file stays, its lock goes with the process
+    first._part.unlock()  # as a SIGKILL leaves it: the file stays, its lock goes with the process
     second = VideoSink(tmp_path / "overlay.mp4", fps=10, size=(32, 24))
     third = VideoSink(tmp_path / "overlay.mp4", fps=10, size=(32, 24))  # leaves the locked one alone
     assert not leftover.exists() and Path(second._temp).exists() and Path(live._temp).exists()
