@@ -117,7 +117,8 @@ def class_aware_log_probs(logits: torch.Tensor, present: torch.Tensor, eps: floa
     log_eps = torch.log(torch.tensor(eps, dtype=logits.dtype, device=logits.device))
     log_denominator = torch.logaddexp(torch.logsumexp(logits.masked_fill(~mask, float("-inf")), dim=1, keepdim=True),
                                       log_eps)
-    return torch.logaddexp(logits - log_denominator, log_eps)
+    # contiguous: the network's logits may be channels_last, which nll_loss's backward refuses
+    return torch.logaddexp(logits - log_denominator, log_eps).contiguous()
 
 
 def class_aware_labels(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
