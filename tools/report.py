@@ -22,6 +22,7 @@ from pathlib import Path
 from runtime import files
 from tools.lock import Revision, stale_stages
 from training import params
+from training.ssl_summary import read_rows
 
 METRICS = Path("metrics")
 # Where the metrics are read from: the working tree (rendering), or a commit (--check).
@@ -259,7 +260,7 @@ def render_drive(benchmark: dict | None) -> str:
 
 
 def _rows(folder: Path) -> list[dict]:
-    return [_read(folder / name) for name in _listing(folder) if re.fullmatch(r".+-.+\.json", name)]
+    return read_rows(_listing(folder), lambda name: _read(folder / name))
 
 
 def render_history() -> str:

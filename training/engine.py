@@ -35,11 +35,19 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot resume this run; the message says why and what to do."""
 
 
+def short_digest(data: bytes) -> str:
+    """The first 16 hex digits of the SHA-256 of `data`."""
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def digest(value) -> str:
+    """`short_digest` of `value`'s canonical JSON: how a run's identity names its data and splits, and
+    how the benchmark names a whole identity."""
+    return short_digest(json.dumps(value, sort_keys=True).encode())
+
+
 def run_identity(train_cfg, model_cfg, manifest: dict, labeled, unlabeled, data: dict) -> dict:
     """Everything that defines a run, so a checkpoint is never resumed into a different one."""
-    def digest(value) -> str:
-        return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-
     train = {k: v for k, v in dataclasses.asdict(train_cfg).items()  # other methods' sections do not count
              if k not in NOT_IDENTITY and not (isinstance(v, dict) and k != train_cfg.method)}
     return {**{f"train.{k}": v for k, v in train.items()},

@@ -420,8 +420,9 @@ def _convert(tp, value, key: str):
             raise ParamsError(f"params: {key} must be a mapping, got {value!r}")
         return value
     if tp is float and isinstance(value, str) and _reads_as_float(value):
-        raise ParamsError(f"params: {key} must be a number, got the text {value!r}: YAML 1.1 reads an exponent "
-                          f"without a decimal point or a sign as text; write it as {_yaml_float(value)}")
+        # YAML 1.1 (PyYAML) leaves 1e-05 as text where YAML 1.2 (DVC) reads a number, and
+        # `dvc exp run -S` writes every float below 1e-4 that way: read it as the number DVC sees
+        return float(value)
     if tp in (int, float, str, bool):
         if type(value) is not tp:
             raise ParamsError(f"params: {key} must be {tp.__name__}, got {value!r} ({type(value).__name__})")
@@ -432,13 +433,6 @@ def _convert(tp, value, key: str):
 def _reads_as_float(text: str) -> bool:
     """A number in exponent notation that YAML 1.1 left as text, such as 1e-3."""
     return re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", text.strip()) is not None
-
-
-def _yaml_float(text: str) -> str:
-    """'1e-3' -> '1.0e-3', '2.5e3' -> '2.5e+3': YAML 1.1 (PyYAML) reads a float only with a
-    decimal point and a signed exponent."""
-    mantissa, _, exponent = text.strip().lower().partition("e")
-    return f"{mantissa if '.' in mantissa else mantissa + '.0'}e{exponent if exponent[0] in '+-' else '+' + exponent}"
 
 
 def build(cls, raw: dict, path: str):
@@ -470,10 +464,14 @@ def load_raw(path: str | Path = "params.yaml") -> dict:
         raise ParamsError(f"params: {path} is not valid YAML ({exc.__class__.__name__}); fix the syntax") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"params: {path} must be a mapping of sections; fix the file")
+    return checked(raw)
+
+
+def checked(raw: dict) -> dict:
+    """`raw` (a whole params mapping) after validating every section: a typo anywhere fails here."""
     unknown = sorted(set(raw) - set(_SECTIONS))
     if unknown:
         raise ParamsError(f"params: unknown section {unknown[0]!r} (known: {', '.join(sorted(_SECTIONS))})")
-    # Validate every section, so a typo anywhere fails the first stage that runs.
     sections = {name: build(cls, raw.get(name) or {}, name) for name, cls in _SECTIONS.items()}
     ssl = sections["ssl_benchmark"]
     for arm in ssl.arms:

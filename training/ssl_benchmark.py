@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import json
 import os
 import statistics
 import time
@@ -28,7 +26,7 @@ from training.data import datasets
 from training.data.loaders import presence_table
 from training.deployable import save_atomic
 from training.device import precision_name
-from training.engine import CheckpointError, Trainer
+from training.engine import CheckpointError, Trainer, digest, short_digest
 from training.evaluate import evaluate_model
 from training.lpl_stage2 import PSEUDO_LIST, write_pseudo_masks
 from training.train import image_classes_for
@@ -95,10 +93,6 @@ def build_row(arm: str, seed: int, params_path: str, pseudo_labeled=None, extra_
     return Row(trainer, ssl, manifest, warmup_timed)
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()[:16]
-
-
 def _pseudo_masks(seed: int, params_path: str) -> tuple[list[tuple[str, str]], str, dict]:
     """Stage 1's class-aware pseudo masks of the unlabeled images, the digest of their contents, and
     what they cost and score, written once per stage 1 (the row lpl-<seed>, trained first where it is
@@ -106,7 +100,7 @@ def _pseudo_masks(seed: int, params_path: str) -> tuple[list[tuple[str, str]], s
     stage1 = build_row("lpl", seed, params_path).trainer
     stage1.fit()  # a finished row loads its last checkpoint and trains nothing
     folder = CHECKPOINTS / f"{params.LPL_STAGE2_ARM}-{seed}" / "pseudo"
-    made_by, stage1_digest = folder / "stage1.sha256", _digest(json.dumps(stage1.identity, sort_keys=True).encode())
+    made_by, stage1_digest = folder / "stage1.sha256", digest(stage1.identity)
     timed = folder / "seconds"
     # written last, the digest of the stage 1 that labeled them marks a finished set of its masks
     if not (made_by.exists() and made_by.read_text() == stage1_digest):
@@ -123,14 +117,14 @@ def _pseudo_masks(seed: int, params_path: str) -> tuple[list[tuple[str, str]], s
                     for (_, truth), (_, mask) in zip(stage1.unlabeled, pseudo))
     measured = {"pseudo_mask_miou": round(scoring.mean_iou(confusion), 6),
                 "pseudo_mask_seconds": float(timed.read_text()) if timed.exists() else None}  # None: masks from before timing
-    return pseudo, _digest(b"".join(Path(mask).read_bytes() for _, mask in pseudo)), measured
+    return pseudo, short_digest(b"".join(Path(mask).read_bytes() for _, mask in pseudo)), measured
 
 
 def lpl_stage2_row(seed: int, params_path: str) -> Row:
     """LPL's stage 2 as a row: a supervised row on the labels plus stage 1's pseudo masks, with every
     row's schedule and warm-up backbone."""
-    pseudo, digest, measured = _pseudo_masks(seed, params_path)
-    row = build_row(params.LPL_STAGE2_ARM, seed, params_path, pseudo_labeled=pseudo, extra_identity={"pseudo_masks": digest})
+    pseudo, masks_digest, measured = _pseudo_masks(seed, params_path)
+    row = build_row(params.LPL_STAGE2_ARM, seed, params_path, pseudo_labeled=pseudo, extra_identity={"pseudo_masks": masks_digest})
     return dataclasses.replace(row, extra_metrics=measured)
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from pathlib import Path
+from typing import Callable, Iterable
 
 from runtime import files
 from training import cli, params
@@ -18,6 +20,21 @@ HEADLINE = Path("metrics/ssl_headline.json")
 HEADLINE_ARM = "stpg"  # the method the project is built on
 GATE_POINTS = 0.05  # full-label must beat 1/n supervised by 5 mIoU points ...
 GATE_SPREADS = 3  # ... and by 3x the larger spread between two seeds
+
+
+ROW_FILE = re.compile(r".+-.+\.json")  # <arm>-<seed>.json
+
+
+def read_rows(names: Iterable[str], read: Callable[[str], dict | None]) -> list[dict]:
+    """The benchmark rows among the file `names` of one folder, read by `read(name)`, in name order:
+    the one reader of rows for the aggregate stage, a superseded protocol's archive and tools.report
+    (which reads a commit as well as the working tree)."""
+    return [read(name) for name in sorted(names) if ROW_FILE.fullmatch(name)]
+
+
+def rows_in(folder: Path) -> list[dict]:
+    """The rows kept in `folder` of the working tree."""
+    return read_rows((p.name for p in folder.glob("*") if p.is_file()), lambda name: json.loads((folder / name).read_text()))
 
 
 def summarise(rows: list[dict], arms: list[str], seeds: list[int]) -> dict:
@@ -69,12 +86,8 @@ def headline(summary: dict) -> dict:
 
 def aggregate(params_path: str = "params.yaml") -> dict:
     ssl = params.load("ssl_benchmark", params_path)
-    rows = []
-    for arm in ssl.arms:
-        for seed in ssl.seeds:
-            path = params.SSL_ROWS_DIR / f"{arm}-{seed}.json"
-            if path.exists():
-                rows.append(json.loads(path.read_text()))
+    rows = sorted((row for row in rows_in(params.SSL_ROWS_DIR) if row["arm"] in ssl.arms and row["seed"] in ssl.seeds),
+                  key=lambda row: (ssl.arms.index(row["arm"]), ssl.seeds.index(row["seed"])))
     summary = summarise(rows, ssl.arms, ssl.seeds)
     files.write_json(SUMMARY, summary)
     files.write_json(HEADLINE, headline(summary))
@@ -84,7 +97,7 @@ def aggregate(params_path: str = "params.yaml") -> dict:
 
 def archive(rows_dir: Path) -> dict:
     """The summary of a superseded protocol's rows (kept in rows_dir), written beside them."""
-    rows = [json.loads(p.read_text()) for p in sorted(rows_dir.glob("*-*.json"))]
+    rows = rows_in(rows_dir)
     if not rows:
         raise params.ParamsError(f"{rows_dir} holds no benchmark rows (<arm>-<seed>.json); name the folder of a superseded protocol")
     arms = list(dict.fromkeys(row["arm"] for row in rows))

@@ -7,7 +7,7 @@ import torch
 from tests.training.test_engine import tiny, trainer  # noqa: F401  (tiny is a fixture)
 from training import params
 from training.methods.base import mixed_pseudo_labels
-from training.methods.cpcl import collaborative_labels
+from training.methods.cpcl import collaborative_labels, overlap
 from training.methods.losses import IGNORE_INDEX, weighted_ce
 from training.methods.selection import mismatch_weights
 
@@ -75,6 +75,12 @@ def test_c4_logits_are_mixed_per_pixel_with_their_own_confidence():
     assert confidence.flatten().tolist() == pytest.approx([0.880797, 0.622459], abs=1e-6)
 
 
+def test_c1_overlap_is_the_trace_share_of_the_smoothed_confusion():
+    # A = [[2,1,0],[0,2,0],[0,1,1]] with the +I prior: trace 5 of 7 (the unsmoothed share is 2/4)
+    first, second = torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1])
+    assert float(overlap(first, second, 3)) == pytest.approx(5 / 7)
+
+
 def test_c5_complete_agreement_gives_zero_weights_not_nan():
     labels = _labels([0, 2, 1])
     assert mismatch_weights(labels, labels.clone(), 3, eps=EPS).tolist() == [0.0, 0.0, 0.0]
@@ -100,7 +106,7 @@ def _grad_norms(loss, network):
 def test_two_iterations_then_each_loss_reaches_only_its_network(tmp_path, tiny):  # noqa: F811
     t = trainer(tmp_path, tiny, method="cpcl", iters=2)
     history = t.fit()
-    assert {k.split("/")[1] for k in history} >= {"loss", "sup", "intersection", "union", "agreement", "lr"}
+    assert {k.split("/")[1] for k in history} >= {"loss", "sup", "intersection", "union", "overlap", "lr"}
     assert all(math.isfinite(v) for v in history.values())
     method = t.method
     assert method.evaluated_network() is method.conservative

@@ -150,6 +150,14 @@ def test_s3_prototype_first_fill_then_momentum():
     assert bank.vectors[0].tolist() == pytest.approx([1.98, 0.02])
 
 
+def test_s3_prototype_whose_components_sum_to_zero_is_refilled():
+    # the code tests sum(P_c) == 0: (1, -1) counts as unset and takes the batch mean (0, 2) whole
+    bank = PrototypeBank(num_classes=1, dim=2, momentum=0.99)
+    bank.update(_feature_map([[1.0, -1.0]]), _row([0]))
+    bank.update(_feature_map([[0.0, 2.0]]), _row([0]))
+    assert bank.vectors.tolist() == [[0.0, 2.0]]
+
+
 @pytest.mark.parametrize("step, decay", [(0, 0.0), (1, 0.5), (2, 2 / 3), (99, 0.99), (500, 0.99)])
 def test_s3_warm_start_decay(step, decay):
     assert warm_start_decay(step, 0.99) == pytest.approx(decay)
@@ -342,6 +350,9 @@ def test_two_iterations_then_each_loss_reaches_its_parts(tmp_path, tiny):  # noq
     assert _grad_norm(out["contrast"], classifier) == 0
     optimised = {id(p) for group in method.param_groups(1e-4) for p in group["params"]}
     assert optimised == {id(p) for p in student.parameters()}
+    undecayed = {id(p) for group in method.param_groups(1e-4) if group["weight_decay"] == 0 for p in group["params"]}
+    projector_bn = [m for m in student.projector.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert projector_bn and all(id(m.weight) in undecayed and id(m.bias) in undecayed for m in projector_bn)
 
 
 def test_resume_is_exact(tmp_path, tiny):  # noqa: F811

@@ -34,9 +34,22 @@ K_T1 = torch.tensor([[1, 0, 1]])
 def test_t1_restricted_softmax_and_pseudo_label():
     log_q = losses.class_aware_log_probs(t1_logits(), K_T1)
     q = log_q.exp().flatten() - 1e-5
-    torch.testing.assert_close(q, torch.tensor([0.7311, 0.0, 0.2689]), atol=1e-4, rtol=0)
+    # the absent class 1 keeps e^3 / (e^2 + e^1 + 1e-5) = 1.98722 (the official code's value)
+    torch.testing.assert_close(q, torch.tensor([0.7311, 1.9872, 0.2689]), atol=1e-4, rtol=0)
     assert int(losses.class_aware_labels(t1_logits(), K_T1)) == 0  # not the unrestricted argmax
     assert int(t1_logits().argmax(1)) == 1
+
+
+def test_image_with_no_present_class_takes_the_official_values():
+    # k = 0: the denominator is eps alone, so log(e^z / 1e-5 + 1e-5) = z + ln(1e5), and the label is 0
+    logits = torch.tensor([0.5, -1.0]).reshape(1, 2, 1, 1)
+    present = torch.tensor([[0, 0]])
+    torch.testing.assert_close(losses.class_aware_log_probs(logits, present).flatten(),
+                               torch.tensor([12.012925, 10.512925]), atol=1e-5, rtol=0)
+    assert int(losses.class_aware_labels(logits, present)) == 0
+    loss = losses.weighted_nll(losses.class_aware_log_probs(logits, present), torch.tensor([[[0]]]),
+                               reduction="valid_pixels")
+    assert float(loss) == pytest.approx(-12.012925, abs=1e-5)  # unbounded below, as in the code
 
 
 @pytest.mark.parametrize("target, nll", [(2, 1.31323), (0, 0.31325)])
@@ -47,10 +60,10 @@ def test_t1_class_aware_nll(target, nll):
 
 
 def reference_cce(logits, present, eps=1e-5):
-    """The reference formula as written: raw exponentials, float64."""
+    """The official formula as written: raw exponentials, k only in the denominator, float64."""
     k = present.double().reshape(*present.shape, 1, 1)
-    e = logits.double().exp() * k
-    return torch.log(e / (e.sum(1, keepdim=True) + eps) + eps)
+    e = logits.double().exp()
+    return torch.log(e / ((e * k).sum(1, keepdim=True) + eps) + eps)
 
 
 def test_class_aware_log_probs_equal_the_reference_where_it_is_finite():

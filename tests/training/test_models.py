@@ -243,6 +243,18 @@ def test_param_groups_split():
     torch.optim.SGD(model.param_groups(1e-4), lr=0.01, momentum=0.9)
 
 
+def test_param_groups_with_the_projector_take_the_same_rule():
+    # a trained projector (CSS, STPG with train_projection): conv weights decay, its BN and biases do not
+    model = build_model("resnet18", K)
+    decay, no_decay = model.param_groups(1e-4, projector=True)
+    without = model.param_groups(1e-4)
+    convs = [m for m in model.projector.modules() if isinstance(m, nn.Conv2d)]
+    bns = [m for m in model.projector.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert {id(p) for p in decay["params"]} - {id(p) for p in without[0]["params"]} == {id(c.weight) for c in convs}
+    assert ({id(p) for p in no_decay["params"]} - {id(p) for p in without[1]["params"]}
+            == {id(p) for m in bns for p in (m.weight, m.bias)} | {id(c.bias) for c in convs if c.bias is not None})
+
+
 def test_reset_head_parameters():
     model = build_model("resnet18", K)
     bns = [m for m in model.head.modules() if isinstance(m, nn.BatchNorm2d)]

@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from training import params
+from training import params, ssl_summary
 from training.ssl_summary import summarise
 
 
@@ -90,3 +90,9 @@ def test_unknown_override_is_refused_with_its_key(params_file):
     path = params_file(ssl_benchmark={"train": {"itres": 10}})
     with pytest.raises(params.ParamsError, match=r"unknown key ssl_benchmark.train \(arm full\).itres"):
         params.load("train", path)
+
+
+def test_one_reader_takes_the_row_files_in_name_order():
+    names = ["stpg-1.json", "summary.json", "full-2.json", "notes.txt", "full-1.json"]
+    assert ssl_summary.read_rows(names, lambda name: {"file": name}) == [
+        {"file": "full-1.json"}, {"file": "full-2.json"}, {"file": "stpg-1.json"}]

@@ -76,3 +76,18 @@ def test_cross_supervision_targets():
     selected = select_pixels(torch.full((2, 32, 32), 1), pro_logits.argmax(1), 3)
     torch.testing.assert_close(out["pro"], (conf * selected * per_pixel).mean(), rtol=1e-4, atol=1e-5)
     assert float(out["selected"]) == float(selected.mean())
+
+
+def test_trained_projection_heads_take_the_engine_weight_decay_rule():
+    method = build(train_projection=True)
+    undecayed = {id(p) for group in method.param_groups(1e-4) if group["weight_decay"] == 0 for p in group["params"]}
+    decayed = {id(p) for group in method.param_groups(1e-4) if group["weight_decay"] > 0 for p in group["params"]}
+    for student in (method.gen_student, method.pro_student):
+        for module in student.projector.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                assert {id(module.weight), id(module.bias)} <= undecayed
+            elif isinstance(module, torch.nn.Conv2d):
+                assert id(module.weight) in decayed
+    frozen = build()
+    assert not {id(p) for group in frozen.param_groups(1e-4) for p in group["params"]} & {
+        id(p) for p in frozen.gen_student.projector.parameters()}

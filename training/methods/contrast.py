@@ -254,7 +254,8 @@ def anchor_contrast_loss(features: torch.Tensor, labels: torch.Tensor, assigned_
 
 class PrototypeBank(nn.Module):
     """Un-normalised class prototypes: zero until a class is first seen, then a momentum average
-    of its batch means.
+    of its batch means. "Unset" is the CSS code's test, a sum of the components equal to 0, so a
+    seen prototype whose components happen to cancel is refilled too.
 
     Under torch.distributed the batch means pool every rank's pixels and a class moves wherever
     any rank saw it, so all ranks keep the same prototypes and a checkpoint of one rank resumes
@@ -269,7 +270,7 @@ class PrototypeBank(nn.Module):
 
     @torch.no_grad()
     def update(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """P_c <- m_c if P_c is all zero, else momentum * P_c + (1 - momentum) * m_c.
+        """P_c <- m_c if sum(P_c) == 0, else momentum * P_c + (1 - momentum) * m_c.
 
         features (B, D, h, w), labels (B, h, w); m_c is the mean feature of class c, and a class
         without a pixel (labels outside [0, K) belong to none) keeps P_c.
@@ -282,7 +283,7 @@ class PrototypeBank(nn.Module):
                 torch.distributed.all_reduce(sums)
                 torch.distributed.all_reduce(counts)
             means = sums / counts.clamp(min=1)[:, None]
-            unset = (self.vectors == 0).all(dim=1, keepdim=True)
+            unset = self.vectors.sum(dim=1, keepdim=True) == 0
             moved = torch.where(unset, means, self.momentum * self.vectors + (1.0 - self.momentum) * means)
             self.vectors.copy_(torch.where((counts > 0)[:, None], moved, self.vectors))
 

@@ -32,6 +32,12 @@ def collaborative_labels(labels_1, confidence_1, labels_2, confidence_2, num_cla
     return intersection, mean_confidence, union, union_weight
 
 
+def overlap(labels_1, labels_2, num_classes: int) -> torch.Tensor:
+    """The code's logged overlap: the trace share of the +I confusion matrix,
+    (#{y1 = y2} + K) / (N + K), so logs compare with the official ones."""
+    return ((labels_1 == labels_2).sum() + num_classes) / (labels_1.numel() + num_classes)
+
+
 class CPCL(Method):
     def __init__(self, train_cfg, context, build_network):
         super().__init__(train_cfg, context, build_network)
@@ -61,7 +67,7 @@ class CPCL(Method):
         inter = losses.weighted_ce(self.conservative(mixed).float(), intersection, intersection_weight)
         uni = losses.weighted_ce(self.progressive(mixed).float(), union, union_weight)
         return {"loss": sup + self.unsup_weight(iteration) * (inter + uni), "sup": sup, "intersection": inter,
-                "union": uni, "agreement": (labels_1 == labels_2).float().mean()}
+                "union": uni, "overlap": overlap(labels_1, labels_2, self.context.num_classes)}
 
     def param_groups(self, weight_decay):
         return self.conservative.param_groups(weight_decay) + self.progressive.param_groups(weight_decay)

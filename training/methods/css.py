@@ -247,8 +247,7 @@ class CSS(Method):
                 "image_weight": weight.mean(), "agreement": (label_cls == label_rep).float().mean()}
 
     def param_groups(self, weight_decay):
-        head = {"params": list(self.student.projector.parameters()), "weight_decay": weight_decay}
-        return self.student.param_groups(weight_decay) + [head]
+        return self.student.param_groups(weight_decay, projector=True)
 
     def update_teachers(self, iteration):
         ema.ema_update(self.teacher, self.student, ema.warm_start_decay(iteration, self.cfg.ema_decay))

@@ -103,18 +103,22 @@ def ohem_ce(logits: torch.Tensor, target: torch.Tensor, *, min_kept: int, thresh
 
 
 def class_aware_log_probs(logits: torch.Tensor, present: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """log(q_c + eps) with q_c = k_c e^{z_c} / (sum_j k_j e^{z_j} + eps): LPL's class-aware softmax.
+    """log(e^{z_c} / (sum_j k_j e^{z_j} + eps) + eps) for every class c: LPL's class-aware log-softmax.
 
-    `present` is the image-level class-presence vector k, (B,K). The reference exponentiates raw
-    logits and overflows above ~88.7 in float32; here the same quantity is formed in the log
-    domain (logaddexp with log eps), so it is equal wherever the reference is finite and finite
-    everywhere else (docs/methods/lpl.md).
+    `present` is the image-level class-presence vector k, (B,K); only the denominator is
+    restricted to it. Absent classes keep their own e^{z_c} in the numerator, as the official
+    code does (its mask on the log is commented out), so an image with no present class gets
+    log(e^{z_c} / eps + eps), unbounded above. The code exponentiates raw logits and overflows
+    above ~88.7 in float32; here the same quantity is formed in the log domain (logaddexp with
+    log eps), so it is equal wherever the code is finite and finite everywhere else
+    (docs/methods/lpl.md).
     """
     mask = present.bool().reshape(*present.shape, *([1] * (logits.dim() - 2)))
-    masked = logits.masked_fill(~mask, float("-inf"))
     log_eps = torch.log(torch.tensor(eps, dtype=logits.dtype, device=logits.device))
-    log_denominator = torch.logaddexp(torch.logsumexp(masked, dim=1, keepdim=True), log_eps)
-    return torch.logaddexp(masked - log_denominator, log_eps)
+    log_denominator = torch.logaddexp(torch.logsumexp(logits.masked_fill(~mask, float("-inf")), dim=1, keepdim=True),
+                                      log_eps)
+    # contiguous: the network's logits may be channels_last, which nll_loss's backward refuses
+    return torch.logaddexp(logits - log_denominator, log_eps).contiguous()
 
 
 def class_aware_labels(logits: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

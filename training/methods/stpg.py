@@ -94,11 +94,9 @@ class STPG(Method):
             self.prototypes.assign(self.anchors)
 
     def param_groups(self, weight_decay):
-        groups = self.gen_student.param_groups(weight_decay) + self.pro_student.param_groups(weight_decay)
-        if self.p.train_projection:
-            heads = list(self.gen_student.projector.parameters()) + list(self.pro_student.projector.parameters())
-            groups.append({"params": heads, "weight_decay": weight_decay})
-        return groups
+        heads = self.p.train_projection
+        return (self.gen_student.param_groups(weight_decay, projector=heads)
+                + self.pro_student.param_groups(weight_decay, projector=heads))
 
     def update_teachers(self, iteration):
         ema.ema_update(self.gen_teacher, self.gen_student, self.cfg.ema_decay)

@@ -18,6 +18,18 @@ BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
 
 
+def decay_groups(parts, weight_decay: float) -> list[dict]:
+    """The engine's one weight-decay rule for every trained part: conv and linear weights decay,
+    BN parameters and every bias do not (docs/methods/README.md)."""
+    decay, no_decay = [], []
+    for part in parts:
+        for module in part.modules():
+            for name, param in module.named_parameters(recurse=False):
+                takes_decay = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
+                (decay if takes_decay else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 class ImagePoolBatchNorm(nn.BatchNorm2d):
     """BatchNorm for the image-pool branch, whose input is (N, C, 1, 1).
 
@@ -124,18 +136,14 @@ class DeepLabV3Plus(nn.Module):
         """Classifier logits at stride 4, left for the runtime to upsample (export)."""
         return self._decode(x)[1]
 
-    def param_groups(self, weight_decay: float) -> list[dict]:
-        """SGD groups over backbone + head: decay on conv/linear weights, none on BN params and biases.
+    def param_groups(self, weight_decay: float, projector: bool = False) -> list[dict]:
+        """SGD groups over backbone + head, and the projector where the method trains it
+        (`decay_groups`: decay on conv/linear weights only).
 
-        The projector is left out: STPG keeps it frozen; a method that trains it adds it itself.
+        The projector is left out by default: STPG keeps it frozen, CPCL, LPL and the baselines
+        never use it.
         """
-        decay, no_decay = [], []
-        for part in (self.backbone, self.head):
-            for module in part.modules():
-                for name, param in module.named_parameters(recurse=False):
-                    takes_decay = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
-                    (decay if takes_decay else no_decay).append(param)
-        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return decay_groups([self.backbone, self.head] + ([self.projector] if projector else []), weight_decay)
 
     @torch.no_grad()
     def reset_head_parameters(self, generator: torch.Generator | None = None) -> None:
