@@ -194,14 +194,18 @@ def _ros2_metadata(path: Path) -> dict:
     import yaml
 
     try:
-        return yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        metadata = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError) as exc:
         raise _bad_metadata(path, exc) from None
+    if not isinstance(metadata, dict):
+        raise _bad_metadata(path, TypeError("rosbag2_bagfile_information is no mapping"))
+    return metadata
 
 
 def _bad_metadata(path: Path, exc: Exception) -> SourceError:
-    return SourceError(f"source {path}: metadata.yaml is not a ROS 2 bag's ({_one_line(exc)}); check the copy or "
-                       "rebuild it with ros2 bag reindex")
+    why = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else _one_line(exc)
+    return SourceError(f"source {path}: metadata.yaml is not a ROS 2 bag's ({why}); check the copy or rebuild it "
+                       "with ros2 bag reindex")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -291,6 +291,18 @@ def test_a_ros2_bag_damaged_before_its_first_frame_is_one_line(tmp_path, capsys,
     assert f"source {bag}: damaged before the first message on {FRONT} {why}" in lines[0]
 
 
+@pytest.mark.parametrize("metadata, why", [("rosbag2_bagfile_information: 3", "no mapping"),
+                                           ("rosbag2_bagfile_information: {storage_identifier: sqlite3}",
+                                            "no 'relative_file_paths'")])
+def test_a_ros2_bag_with_broken_metadata_is_one_line(tmp_path, capsys, metadata, why):
+    bag = write_ros2_bag(tmp_path / "drive", 2, "sqlite3")
+    (bag / "metadata.yaml").write_text(metadata)
+    code, _, stderr = run_main(capsys, "--model", scene_model(tmp_path), "--source", bag)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1, stderr
+    assert f"source {bag}: metadata.yaml is not a ROS 2 bag's (" in lines[0] and why in lines[0]
+
+
 def test_a_truncated_ros1_bag_is_refused_with_one_line(tmp_path, capsys):
     from rosbags.rosbag1 import Writer
 
