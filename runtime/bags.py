@@ -1,12 +1,17 @@
 """Recorded drives as sources and outputs: ROS 1 bags, ROS 2 bag folders (sqlite3 or MCAP
 storage) and MCAP files in; one MCAP file of label and overlay topics out.
 
-Reading goes through maintained pure-Python libraries, no ROS installation: `rosbags` for ROS 1
-bags and ROS 2 bag folders, and for MCAP files the `mcap` reader, which streams the file record
-by record, so a drive cut short (a logger that lost power) still gives every frame before the
-cut, as a truncated video does. Messages are decoded with `rosbags`' ROS 2 type store;
-sensor_msgs/Image in any encoding rosbags-image converts (bgr8, rgb8, mono8, bayer, ...) and
-sensor_msgs/CompressedImage (JPEG, PNG; decoded as the image folder source decodes files).
+Reading goes through maintained pure-Python libraries, no ROS installation, and streams where the
+format allows, so a drive cut short (a logger that lost power) or damaged part way still gives
+every frame before the damage, as a truncated video does: MCAP files, and a ROS 2 folder's MCAP
+storage files, record by record with the `mcap` reader; a ROS 2 folder's sqlite3 storage files row
+by row with an SQL query (Python's sqlite3); the folder's topics and counts come from its
+metadata.yaml. ROS 1 bags and ROS 2 folders with rosbag2 compression are read with `rosbags`,
+which needs the bag's index: rosbags has no reindex or chunk scan, so a ROS 1 bag cut short (its
+index is at the end) is refused with one line that says to run `rosbag reindex` first. Messages
+are decoded with `rosbags`' ROS 2 type store; sensor_msgs/Image in any encoding rosbags-image
+converts (bgr8, rgb8, mono8, bayer, ...) and sensor_msgs/CompressedImage (JPEG, PNG; decoded as
+the image folder source decodes files).
 
 The output is one MCAP file (ros2 profile, CDR messages, the message definitions embedded), which
 Foxglove and RViz open beside the original drive: per camera `.../segmentation/labels`
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Callable, Iterator, NamedTuple
 
 import cv2
@@ -80,7 +85,9 @@ class BagSource(Source):
     Indices count the topic's messages, so a message that cannot be decoded leaves a gap; the
     header (stamp, frame id) and log time of the last HEADERS_KEPT frames are kept for the output
     bag (`header`).
-    Reading stops at damage (a truncated or corrupt file): the frames before it are kept.
+    Reading stops at damage (a truncated or corrupt file): the frames before it are kept, and the
+    messages the drive counted after it (a ROS 2 folder's metadata.yaml, an MCAP summary) are
+    counted as corrupt frames.
     """
 
     def __init__(self, path: Path, topic: str | None):
@@ -88,7 +95,7 @@ class BagSource(Source):
         self.path = path
         self._store = _typestore()
         self._headers: dict[int, Header] = {}
-        self._reader = _McapFile(path) if path.is_file() and path.suffix.lower() == ".mcap" else _RosbagsFile(path)
+        self._reader = _reader(path)
         try:
             self.topic = self._choose_topic(self._reader.topics, topic)
         except SourceError:
@@ -123,17 +130,25 @@ class BagSource(Source):
 
     def _decode(self) -> Iterator[tuple[int, np.ndarray]]:
         previous = -1
-        for index, (log_time, kind, message) in enumerate(self._reader.messages(self.topic, self._store)):
-            frame = None if message is None else self._image(kind, message)
-            accepted = self._accept(previous, index, frame)
-            previous = index
-            if accepted:
-                stamp = message.header.stamp
-                self._headers[index] = Header(stamp.sec * 1_000_000_000 + stamp.nanosec, message.header.frame_id,
-                                              log_time)
-                if len(self._headers) > HEADERS_KEPT:  # dicts keep insertion order: the oldest goes
-                    self._headers.pop(next(iter(self._headers)), None)
-                yield index, frame
+        try:
+            for index, (log_time, kind, message) in enumerate(self._reader.messages(self.topic, self._store)):
+                frame = None if message is None else self._image(kind, message)
+                accepted = self._accept(previous, index, frame)
+                previous = index
+                if accepted:
+                    stamp = message.header.stamp
+                    self._headers[index] = Header(stamp.sec * 1_000_000_000 + stamp.nanosec,
+                                                  message.header.frame_id, log_time)
+                    if len(self._headers) > HEADERS_KEPT:  # dicts keep insertion order: the oldest goes
+                        self._headers.pop(next(iter(self._headers)), None)
+                    yield index, frame
+        except _Damage as exc:  # the frames before it stand; those the drive counted after it are corrupt
+            if previous < 0:
+                self.close()
+                raise SourceError(f"source {self.path}: damaged before the first message on {self.topic} "
+                                  f"({_one_line(exc.__cause__)}); check the copy") from None
+            if self.frame_count is not None:
+                self.corrupt_frames += max(self.frame_count - 1 - previous, 0)
 
     def _image(self, kind: str, message) -> np.ndarray | None:
         """The BGR frame of a message; None for one that cannot be decoded (counted as corrupt).
@@ -159,8 +174,61 @@ class BagSource(Source):
         self._reader.close()
 
 
+class _Damage(Exception):
+    """A storage file breaks off part way (cut short, a corrupt record or page): reading stops."""
+
+
+def _reader(path: Path):
+    """The reader of a drive: MCAP files and uncompressed ROS 2 bag folders are streamed, so damage
+    part way keeps the frames before it; ROS 1 bags and compressed ROS 2 folders go through rosbags."""
+    if path.is_file() and path.suffix.lower() == ".mcap":
+        return _McapFile(path)
+    if path.is_dir():
+        metadata = _ros2_metadata(path)
+        if (metadata.get("compression_mode") or "none").lower() == "none":
+            return _Ros2Folder(path, metadata)
+    return _RosbagsFile(path)
+
+
+def _ros2_metadata(path: Path) -> dict:
+    import yaml
+
+    try:
+        metadata = yaml.safe_load((path / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError) as exc:
+        raise _bad_metadata(path, exc) from None
+    if not isinstance(metadata, dict):
+        raise _bad_metadata(path, TypeError("rosbag2_bagfile_information is no mapping"))
+    return metadata
+
+
+def _bad_metadata(path: Path, exc: Exception) -> SourceError:
+    why = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else _one_line(exc)
+    return SourceError(f"source {path}: metadata.yaml is not a ROS 2 bag's ({why}); check the copy or rebuild it "
+                       "with ros2 bag reindex")
+
+
+def _one_line(exc: BaseException) -> str:
+    """A library's error text on one line; its type where it has none (a bare EOFError)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _deserialize(store, data: bytes, kind: str):
+    """A CDR message, or None for a damaged one (counted as a corrupt frame)."""
+    try:
+        return store.deserialize_cdr(data, kind)
+    except Exception:  # rosbags raises whatever the bytes lead to
+        return None
+
+
+def _not_cdr(path: Path, topic: str) -> SourceError:
+    return SourceError(f"source {path}: topic {topic} is not ROS 2 (CDR) encoded; convert the drive to a ROS 2 "
+                       "MCAP or bag")
+
+
 class _RosbagsFile:
-    """A ROS 1 bag or ROS 2 bag folder through rosbags' AnyReader."""
+    """A ROS 1 bag or compressed ROS 2 bag folder through rosbags' AnyReader, which needs the bag's
+    index (a ROS 1 bag's is at its end): a bag cut short or with a damaged index is refused."""
 
     def __init__(self, path: Path):
         from rosbags.highlevel import AnyReader
@@ -169,7 +237,7 @@ class _RosbagsFile:
         try:
             self._reader.open()
         except Exception as exc:  # rosbags raises its own error types per format
-            raise SourceError(f"source {path}: cannot be read as a bag ({' '.join(str(exc).split())}); the file is "
+            raise SourceError(f"source {path}: cannot be read as a bag ({_one_line(exc)}); the file is "
                               "damaged or truncated: re-index a ROS 1 bag (rosbag reindex) or check the copy") from None
         self.topics = {connection.topic: connection.msgtype for connection in self._reader.connections}
 
@@ -183,11 +251,104 @@ class _RosbagsFile:
         try:
             for connection, log_time, raw in self._reader.messages(connections=connections):
                 yield log_time, connection.msgtype, self._reader.deserialize(raw, connection.msgtype)
-        except Exception:  # damage part way: the frames before it stand
-            return
+        except Exception as exc:  # damage part way in the messages the index points to
+            raise _Damage from exc
 
     def close(self) -> None:
         self._reader.close()
+
+
+class _Ros2Folder:
+    """A ROS 2 bag folder without rosbag2 compression: topics, counts and span from metadata.yaml;
+    the messages streamed from its storage files in order, MCAP as an MCAP file is, sqlite3 by
+    row, so a storage file cut short or damaged keeps the messages before the damage."""
+
+    def __init__(self, path: Path, metadata: dict):
+        self.path = path
+        try:
+            self._storage = metadata["storage_identifier"]
+            self._files = [path / PurePath(name).name for name in metadata["relative_file_paths"]]
+            topics = [entry["topic_metadata"] | {"count": entry["message_count"]}
+                      for entry in metadata["topics_with_message_count"]]
+            self._span = metadata["duration"]["nanoseconds"]
+            self.topics = {topic["name"]: topic["type"] for topic in topics}
+            self._formats = {topic["name"]: topic["serialization_format"] for topic in topics}
+            self._counts = {topic["name"]: topic["count"] for topic in topics}
+        except (KeyError, TypeError) as exc:
+            raise _bad_metadata(path, exc) from None
+        if self._storage not in ("mcap", "sqlite3"):
+            raise SourceError(f"source {path}: storage {self._storage!r} is not read; record sqlite3 or mcap")
+        missing = [file.name for file in self._files if not file.is_file()]
+        if missing:
+            raise SourceError(f"source {path}: storage files missing: {', '.join(missing)}; check the copy")
+
+    def count(self, topic: str) -> tuple[int | None, int]:
+        """(messages on the topic, the drive's time span in ns), as the recorder counted them."""
+        return self._counts[topic], self._span
+
+    def messages(self, topic: str, store) -> Iterator[tuple[int, str, object]]:
+        if self._formats[topic] != "cdr":
+            raise _not_cdr(self.path, topic)
+        for file in self._files:
+            if self._storage == "sqlite3":
+                yield from _sqlite3_messages(file, topic, self.topics[topic], store)
+                continue
+            try:
+                stream = file.open("rb")
+            except OSError as exc:
+                raise SourceError(f"source {self.path}: {file.name} cannot be read ({exc.strerror}); check its "
+                                  "permissions") from None
+            with stream:
+                yield from _mcap_messages(self.path, stream, topic, store)
+
+    def close(self) -> None:
+        """Each storage file is open only while it is read."""
+
+
+def _sqlite3_messages(path: Path, topic: str, kind: str, store) -> Iterator[tuple[int, str, object]]:
+    """The messages of a sqlite3 storage file on `topic`, in row order (as logged), read with an SQL
+    query: rows stream page by page, so a corrupt page ends them there. A file cut short is shorter
+    than its header says, which SQLite refuses unless writable_schema is on; on this read-only
+    (immutable) connection nothing can be written, and the rows before the cut are read."""
+    import sqlite3
+
+    try:
+        # The source reads its first frame where it opens, the rest in its decode thread: one at a time.
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise _Damage from exc
+    try:
+        connection.execute("PRAGMA writable_schema = ON")
+        ids = [row[0] for row in connection.execute("SELECT id FROM topics WHERE name = ?", (topic,))]
+        rows = connection.execute(f"SELECT timestamp, data FROM messages WHERE topic_id IN "
+                                  f"({', '.join('?' * len(ids))}) ORDER BY id", ids)
+        for log_time, data in rows:
+            yield log_time, kind, _deserialize(store, data, kind)
+    except sqlite3.DatabaseError as exc:
+        raise _Damage from exc
+    finally:
+        connection.close()
+
+
+def _mcap_records(stream, topic: str | None):
+    """(schema, channel, message) of an MCAP stream as written, record by record; _Damage where
+    it breaks off, after the records before."""
+    from mcap.reader import NonSeekingReader
+
+    stream.seek(0)
+    try:
+        yield from NonSeekingReader(stream).iter_messages(topics=None if topic is None else [topic],
+                                                          log_time_order=False)
+    except Exception as exc:  # the mcap library raises what the cut bytes lead to
+        raise _Damage from exc
+
+
+def _mcap_messages(path: Path, stream, topic: str, store) -> Iterator[tuple[int, str, object]]:
+    """The messages on `topic` of an MCAP stream of the drive at `path`, decoded."""
+    for schema, channel, message in _mcap_records(stream, topic):
+        if schema is None or channel.message_encoding != "cdr":
+            raise _not_cdr(path, topic)
+        yield message.log_time, schema.name, _deserialize(store, message.data, schema.name)
 
 
 class _McapFile:
@@ -212,8 +373,11 @@ class _McapFile:
                            for channel in self._summary.channels.values()}
         else:
             self.topics = {}
-            for schema, channel, _ in self._records(None):
-                self.topics.setdefault(channel.topic, schema.name if schema is not None else "")
+            try:
+                for schema, channel, _ in _mcap_records(self._file, None):
+                    self.topics.setdefault(channel.topic, schema.name if schema is not None else "")
+            except _Damage:  # the topics before the cut
+                pass
         if not self.topics:
             self.close()
             raise SourceError(f"source {path}: not an MCAP file with messages (damaged, or empty); check the file")
@@ -227,26 +391,8 @@ class _McapFile:
         count = sum(statistics.channel_message_counts.get(cid, 0) for cid in channels)
         return count, statistics.message_end_time - statistics.message_start_time
 
-    def _records(self, topic: str | None):
-        from mcap.reader import NonSeekingReader
-
-        self._file.seek(0)
-        try:
-            yield from NonSeekingReader(self._file).iter_messages(topics=None if topic is None else [topic],
-                                                                  log_time_order=False)  # as written
-        except Exception:  # damage part way: the records before it stand
-            return
-
     def messages(self, topic: str, store) -> Iterator[tuple[int, str, object]]:
-        for schema, channel, message in self._records(topic):
-            if schema is None or channel.message_encoding != "cdr":
-                raise SourceError(f"source {self.path}: topic {topic} is not ROS 2 (CDR) encoded; convert the drive "
-                                  "to a ROS 2 MCAP or bag")
-            try:
-                decoded = store.deserialize_cdr(message.data, schema.name)
-            except Exception:  # a damaged message: counted as a corrupt frame
-                decoded = None
-            yield message.log_time, schema.name, decoded
+        return _mcap_messages(self.path, self._file, topic, store)
 
     def close(self) -> None:
         self._file.close()

@@ -1,7 +1,7 @@
 """Recorded drives in and out (runtime/bags.py).
 
 Drives are written here with the libraries (an MCAP file through `mcap` with rosbags' type store,
-a ROS 2 sqlite3 bag and a ROS 1 bag through `rosbags`): synthetic dashcam frames, raw and JPEG,
+ROS 2 sqlite3 and MCAP bags and a ROS 1 bag through `rosbags`): synthetic dashcam frames, raw and JPEG,
 two topics. They are segmented through segment.py and the output bag read back with rosbags:
 counts, stamps, frame ids, encodings, and labels identical to segmenting the same frames from an
 image folder and to --save-labels.
@@ -218,6 +218,105 @@ def test_a_truncated_mcap_keeps_the_frames_before_the_cut(tmp_path, capsys):
     assert len(read_bag(tmp_path / "out.mcap")["/cam/front/segmentation/labels"]) == summary["frames_out"]
     assert [path.name for path in files_under(labels)] == [labels_path(labels, i).name
                                                            for i in range(summary["frames_out"])]
+
+
+def write_ros2_bag(path: Path, count: int, storage: str) -> Path:
+    """A ROS 2 bag folder through rosbags' Writer: FRONT raw bgr8 and REAR JPEG, interleaved."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    with Writer(path, version=9, storage_plugin=StoragePlugin[storage.upper()]) as writer:
+        front = writer.add_connection(FRONT, bags.IMAGE, typestore=ROS2)
+        rear = writer.add_connection(REAR, bags.COMPRESSED, typestore=ROS2)
+        for index in range(count):
+            frame = dashcam_frame(index)
+            jpeg = cv2.imencode(".jpg", frame[:, ::-1])[1].tobytes()
+            for connection, topic, message, kind in (
+                    (front, FRONT, image_message(ROS2, frame, stamp(FRONT, index), "front_camera"), bags.IMAGE),
+                    (rear, REAR, jpeg_message(ROS2, jpeg, stamp(REAR, index), "rear_camera"), bags.COMPRESSED)):
+                writer.write(connection, stamp(topic, index) + 1_000_000, ROS2.serialize_cdr(message, kind))
+    return path
+
+
+def storage_file(bag: Path) -> Path:
+    """The one storage file of a ROS 2 bag folder."""
+    return next(file for file in bag.iterdir() if file.suffix in (".db3", ".mcap"))
+
+
+def damage(path: Path, how: str) -> None:
+    """Cut a file at 60 % of its size, or overwrite the first sqlite table leaf page (type byte 0x0d;
+    an overflow page starts with a page number, never that high) from 60 % on with 0xa5."""
+    data = bytearray(path.read_bytes())
+    if how == "cut":
+        path.write_bytes(data[:len(data) * 6 // 10])
+        return
+    size = 4096  # rosbag2's and rosbags' page size
+    page = next(start for start in range(len(data) * 6 // 10 // size * size, len(data), size) if data[start] == 0x0D)
+    data[page:page + size] = b"\xa5" * size
+    path.write_bytes(data)
+
+
+@pytest.mark.parametrize("storage, how", [("mcap", "cut"), ("sqlite3", "cut"), ("sqlite3", "corrupt page")])
+def test_a_damaged_ros2_bag_keeps_the_frames_before_the_damage(tmp_path, capsys, storage, how):
+    # 250 frames: more than 1 MiB, so rosbags writes several MCAP chunks and a cut at 60 % keeps the first.
+    whole = write_ros2_bag(tmp_path / "whole", 250, storage)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for file in whole.iterdir():
+        (damaged / file.name).write_bytes(file.read_bytes())
+    damage(storage_file(damaged), how)
+    model = scene_model(tmp_path)
+    for name in ("whole", "damaged"):
+        code, _, stderr = run_main(capsys, "--model", model, "--source", tmp_path / name, "--topic", FRONT,
+                                   "--save-labels", tmp_path / "labels" / name, "--json", tmp_path / f"{name}.json")
+        assert code == 0, stderr
+    kept = saved_labels(tmp_path / "labels" / "damaged")
+    assert 0 < len(kept) < 250
+    assert [path.name for path in files_under(tmp_path / "labels" / "damaged")] == \
+        [labels_path(tmp_path, index).name for index in range(len(kept))]
+    assert [label.tolist() for label in kept] == \
+        [label.tolist() for label in saved_labels(tmp_path / "labels" / "whole")[:len(kept)]]
+    summary = json.loads((tmp_path / "damaged.json").read_text())
+    # metadata.yaml counted 250: the frames lost after the damage are counted corrupt
+    assert (summary["frames_out"], summary["corrupt"]) == (len(kept), 250 - len(kept))
+
+
+@pytest.mark.parametrize("storage, why", [("sqlite3", "(file is not a database)"),
+                                          ("mcap", "(not a valid MCAP file, invalid magic")])
+def test_a_ros2_bag_damaged_before_its_first_frame_is_one_line(tmp_path, capsys, storage, why):
+    bag = write_ros2_bag(tmp_path / "drive", 2, storage)
+    storage_file(bag).write_bytes(b"junk" * 100)
+    code, _, stderr = run_main(capsys, "--model", scene_model(tmp_path), "--source", bag, "--topic", FRONT)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1, stderr
+    assert f"source {bag}: damaged before the first message on {FRONT} {why}" in lines[0]
+
+
+@pytest.mark.parametrize("metadata, why", [("rosbag2_bagfile_information: 3", "no mapping"),
+                                           ("rosbag2_bagfile_information: {storage_identifier: sqlite3}",
+                                            "no 'relative_file_paths'")])
+def test_a_ros2_bag_with_broken_metadata_is_one_line(tmp_path, capsys, metadata, why):
+    bag = write_ros2_bag(tmp_path / "drive", 2, "sqlite3")
+    (bag / "metadata.yaml").write_text(metadata)
+    code, _, stderr = run_main(capsys, "--model", scene_model(tmp_path), "--source", bag)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1, stderr
+    assert f"source {bag}: metadata.yaml is not a ROS 2 bag's (" in lines[0] and why in lines[0]
+
+
+def test_a_truncated_ros1_bag_is_refused_with_one_line(tmp_path, capsys):
+    from rosbags.rosbag1 import Writer
+
+    ros1 = get_typestore(Stores.ROS1_NOETIC)
+    bag = tmp_path / "drive.bag"
+    with Writer(bag) as writer:
+        connection = writer.add_connection(FRONT, bags.IMAGE, typestore=ros1)
+        for index in range(4):
+            message = image_message(ros1, dashcam_frame(index), index, "f")
+            writer.write(connection, index + 1, ros1.serialize_ros1(message, bags.IMAGE))
+    damage(bag, "cut")  # the index at its end is gone, and rosbags reads through the index only
+    code, _, stderr = run_main(capsys, "--model", scene_model(tmp_path), "--source", bag)
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "re-index a ROS 1 bag (rosbag reindex)" in lines[0], stderr
 
 
 def test_the_output_bag_is_durable(tmp_path, capsys, disk_log):
