@@ -59,7 +59,8 @@ def test_whole_chain_reproduces_with_tiny_params(project_copy):
     # a 4-iteration model has no stable argmax, so only the fp32 gate is meaningful here
     project_copy.set_params("export", input_size=[64, 128], precisions=["fp32", "int8"], calibration_images=2,
                             verify_images=2, tolerance=dict(int8_label_agreement=0.0, int8_miou_delta=100.0))
-    project_copy.set_params("benchmark", warmup=1, iters=2, frames=4, threads=1)
+    project_copy.set_params("benchmark", warmup=1, iters=2, frames=4, threads=1, drive_frames=3, soak_frames=4,
+                            soak_window=2)
     project_copy.set_params("ssl_benchmark", data=dict(TINY_DATA["synthetic"], seed=0, video_fps=15), labeled_ratio=4,
                             arms=["full", "supervised", "stpg"], seeds=[1], warmup_iters=2,
                             train=dict(iters=4, batch_size=2, crop=[32, 64], checkpoint_every=2, workers=0))
@@ -114,7 +115,8 @@ def tiny_demo_params(project_copy):
     project_copy.set_params("evaluate", mode="whole")
     project_copy.set_params("export", input_size=[32, 64], precisions=["fp32", "int8"], calibration_images=2,
                             verify_images=2, tolerance=dict(int8_label_agreement=0.0, int8_miou_delta=100.0))
-    project_copy.set_params("benchmark", warmup=0, iters=1, frames=3, threads=1)
+    project_copy.set_params("benchmark", warmup=0, iters=1, frames=3, threads=1, drive_frames=3, soak_frames=2,
+                            soak_window=2)
 
 
 @pytest.mark.parametrize("dataset", ["cityscapes", "voc"])

@@ -321,11 +321,17 @@ class BenchmarkParams:
     iters: int
     frames: int
     threads: int
+    drive_frames: int
+    soak_frames: int
+    soak_window: int
 
     def check(self, path: str) -> None:
         _at_least(path + ".warmup", self.warmup, 0)
-        for key in ("iters", "frames", "threads"):
+        for key in ("iters", "frames", "threads", "drive_frames", "soak_frames", "soak_window"):
             _at_least(f"{path}.{key}", getattr(self, key), 1)
+        if self.soak_frames < self.soak_window:
+            raise ParamsError(f"params: {path}.soak_frames ({self.soak_frames}) must be at least one "
+                              f"{path}.soak_window ({self.soak_window})")
 
 
 @dataclasses.dataclass

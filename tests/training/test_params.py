@@ -143,3 +143,9 @@ def test_range_edges_inside_are_accepted(params_file, text):
     key, value = text.split(": ")
     cfg = params.load("train", params_file(train=yaml.safe_load(text)))
     assert getattr(cfg, key) == yaml.safe_load(value)
+
+
+def test_a_soak_shorter_than_one_window_is_refused(params_file):
+    with pytest.raises(params.ParamsError, match=r"benchmark\.soak_frames \(999\) must be at least one benchmark\.soak_window \(1000\)"):
+        params.load("benchmark", params_file(benchmark={"soak_frames": 999, "soak_window": 1000}))
+    assert params.load("benchmark", params_file(benchmark={"soak_frames": 1000, "soak_window": 1000})).soak_frames == 1000
