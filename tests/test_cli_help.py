@@ -34,8 +34,22 @@ def test_the_entry_points_are_found():
     assert {"runtime/segment.py", "-m bench", "-m training.train", "-m tools.report", "-m export.run"} <= set(found)
 
 
+@pytest.fixture(scope="module")
+def answers():
+    """Every entry point's `--help`, started together: each is a fresh interpreter that spends its
+    time importing (torch for most), so they overlap well, and each test reads its own answer."""
+    started = {" ".join(command): subprocess.Popen([sys.executable, *command, "--help"], cwd=ROOT, text=True,
+                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for command in entry_points()}
+    try:
+        yield {key: (process, *process.communicate(timeout=300)) for key, process in started.items()}
+    finally:
+        for process in started.values():
+            process.kill()
+
+
 @pytest.mark.parametrize("command", entry_points(), ids=" ".join)
-def test_help_prints_usage_and_exits_0(command):
-    result = subprocess.run([sys.executable, *command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.lstrip().startswith("usage:") and result.stderr == ""
+def test_help_prints_usage_and_exits_0(command, answers):
+    process, stdout, stderr = answers[" ".join(command)]
+    assert process.returncode == 0, stderr[-2000:]
+    assert stdout.lstrip().startswith("usage:") and stderr == ""
